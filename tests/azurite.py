@@ -1,0 +1,88 @@
+"""Starts Azurite (npm) on free loopback ports for tests that need Storage queues and tables."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ACCOUNT = "devstoreaccount1"
+# Azurite's well-known development key (public, documented); not a secret.
+ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="  # noqa: S105
+
+
+@dataclass(frozen=True)
+class Azurite:
+    blob_port: int
+    queue_port: int
+    table_port: int
+
+    @property
+    def connection_string(self) -> str:
+        return (
+            f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};"
+            f"BlobEndpoint=http://127.0.0.1:{self.blob_port}/{ACCOUNT};"
+            f"QueueEndpoint=http://127.0.0.1:{self.queue_port}/{ACCOUNT};"
+            f"TableEndpoint=http://127.0.0.1:{self.table_port}/{ACCOUNT};"
+        )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def azurite_binary() -> str | None:
+    local = ROOT / "node_modules" / ".bin" / "azurite"
+    if local.exists():
+        return str(local)
+    return shutil.which("azurite")
+
+
+def _wait_port(port: int, deadline: float) -> None:
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"Azurite did not listen on port {port}")
+
+
+@contextlib.contextmanager
+def running_azurite() -> Iterator[tuple[Azurite, subprocess.Popen[bytes]]]:
+    """Runs an in-memory Azurite for the duration of the block."""
+    binary = azurite_binary()
+    if binary is None:
+        raise RuntimeError("Azurite is not installed: run `npm install` in the project folder")
+    ports = Azurite(_free_port(), _free_port(), _free_port())
+    workdir = tempfile.mkdtemp(prefix="azurite-")  # debug log and any extent files
+    proc = subprocess.Popen(  # noqa: S603 - fixed local binary, arguments built here
+        [
+            binary, "--silent", "--inMemoryPersistence", "--skipApiVersionCheck", "--loose",
+            "--blobHost", "127.0.0.1", "--blobPort", str(ports.blob_port),
+            "--queueHost", "127.0.0.1", "--queuePort", str(ports.queue_port),
+            "--tableHost", "127.0.0.1", "--tablePort", str(ports.table_port),
+        ],
+        cwd=workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        for port in (ports.queue_port, ports.table_port):
+            _wait_port(port, deadline)
+        yield ports, proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        shutil.rmtree(workdir, ignore_errors=True)
