@@ -1,0 +1,71 @@
+"""The domain's value objects: frozen dataclasses, no I/O, no SDK types."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+
+@dataclass(frozen=True, order=True)
+class KeyRef:
+    """A Key Vault key, optionally one version of it.
+
+    ``vault_url`` is normalised: scheme ``https``, lower-case host, no default port, no
+    trailing slash (``https://myvault.vault.azure.net``). ``version`` is ``None`` for the
+    whole key (versionless).
+    """
+
+    vault_url: str
+    name: str
+    version: str | None = None
+
+    @property
+    def vault_name(self) -> str:
+        host = self.vault_url.split("://", 1)[-1].split("/", 1)[0]
+        return host.split(".", 1)[0].split(":", 1)[0]
+
+    @property
+    def uri(self) -> str:
+        base = f"{self.vault_url}/keys/{self.name}"
+        return f"{base}/{self.version}" if self.version else base
+
+    def versionless(self) -> KeyRef:
+        return KeyRef(self.vault_url, self.name, None)
+
+    def with_version(self, version: str) -> KeyRef:
+        return KeyRef(self.vault_url, self.name, version)
+
+    @property
+    def key_id(self) -> str:
+        """Identity of the key regardless of version (case-insensitive in Azure)."""
+        return f"{self.vault_url}/keys/{self.name}".lower()
+
+    def __str__(self) -> str:
+        return self.uri
+
+
+class ServiceType(StrEnum):
+    KUSTO = "kusto"
+    COSMOS = "cosmos"
+    POSTGRES = "postgres"  # Cosmos DB for PostgreSQL: CMK fixed at creation
+    ENERGY = "energy"  # Azure Data Manager for Energy: CMK fixed at creation
+
+
+@dataclass(frozen=True)
+class KeyVersion:
+    """One version of a key as Key Vault reports it."""
+
+    ref: KeyRef  # always versioned
+    enabled: bool
+    created: datetime | None
+    not_before: datetime | None
+    expires_on: datetime | None
+    key_type: str | None = None  # "RSA", "RSA-HSM", ...
+    key_size: int | None = None
+    tags: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def version(self) -> str:
+        assert self.ref.version is not None
+        return self.ref.version
