@@ -69,3 +69,44 @@ class KeyVersion:
     def version(self) -> str:
         assert self.ref.version is not None
         return self.ref.version
+
+
+@dataclass(frozen=True)
+class Binding:
+    """A service resource that encrypts with a Key Vault key: the unit keysteward keeps current.
+
+    ``pinned_version`` is the version named in the resource's CMK settings, ``None`` when the
+    binding is versionless ("always use current key version"). ``in_use_version`` is what the
+    service reports it uses (Cosmos ``keyVaultKeyUriVersion``); ``None`` means unknown.
+    ``updatable`` is False for services whose CMK is fixed at creation (PostgreSQL, Energy).
+    """
+
+    resource_id: str
+    service: ServiceType
+    subscription: str
+    resource_group: str
+    name: str
+    location: str
+    key: KeyRef  # versionless reference to the key
+    pinned_version: str | None
+    in_use_version: str | None
+    updatable: bool
+    principal_id: str | None = None
+    user_identity: str | None = None
+    provisioning_state: str | None = None
+    state: str | None = None  # Kusto cluster state
+    health: str | None = None  # Cosmos customerManagedKeyStatus / Kusto stateReason
+    tags: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def versionless(self) -> bool:
+        return self.pinned_version is None
+
+    @property
+    def effective_version(self) -> str | None:
+        """The version the service uses, as far as is known."""
+        return self.pinned_version or self.in_use_version
+
+    def held(self, hold_tag: str) -> bool:
+        return any(k.lower() == hold_tag.lower() and v.strip().lower() not in ("", "false", "0")
+                   for k, v in self.tags.items())

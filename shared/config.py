@@ -1,0 +1,223 @@
+"""Typed settings, loaded and checked once at start-up.
+
+Every setting is an app setting (environment variable) with a documented default; the README's
+configuration reference lists the same names. Required settings have no default: a missing
+one fails loudly at start (:class:`ConfigError`), never later on a revoke path.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+from shared.errors import ConfigError
+from shared.keyuri import normalize_vault_url
+from shared.model import ServiceType
+
+# Azure's rule (Cosmos DB, Cosmos DB for PostgreSQL docs): never disable the previous version
+# within 24 hours of a rotation. A setting may raise this, never lower it.
+MIN_RETENTION_HOURS = 24
+
+# Key sizes each service accepts by default. Data Explorer's docs: "Only RSA keys of size 2048
+# are supported". Cosmos DB, PostgreSQL and Energy accept 2048/3072/4096 (3072+ recommended).
+DEFAULT_KEY_SIZES: dict[ServiceType, frozenset[int]] = {
+    ServiceType.KUSTO: frozenset({2048}),
+    ServiceType.COSMOS: frozenset({2048, 3072, 4096}),
+    ServiceType.POSTGRES: frozenset({2048, 3072, 4096}),
+    ServiceType.ENERGY: frozenset({2048, 3072, 4096}),
+}
+RECOMMENDED_MIN_KEY_SIZE: dict[ServiceType, int] = {
+    ServiceType.COSMOS: 3072,
+    ServiceType.ENERGY: 3072,
+}
+
+
+@dataclass(frozen=True)
+class SandboxConnection:
+    """The sandbox's connection file (written by ``python -m sandbox serve``)."""
+
+    arm_url: str
+    admin_url: str
+    ca_bundle: str
+    tenant_id: str
+    subscriptions: tuple[str, ...]
+    vaults: dict[str, str]
+    credential_scopes: tuple[str, ...]
+
+    @staticmethod
+    def load(path: str) -> SandboxConnection:
+        try:
+            raw = json.loads(Path(path).read_text(encoding="utf-8"))
+            return SandboxConnection(
+                arm_url=str(raw["arm_url"]).rstrip("/"),
+                admin_url=str(raw["admin_url"]).rstrip("/"),
+                ca_bundle=str(raw["ca_bundle"]),
+                tenant_id=str(raw["tenant_id"]),
+                subscriptions=tuple(str(s) for s in raw["subscriptions"]),
+                vaults={str(k): str(v) for k, v in dict(raw["vaults"]).items()},
+                credential_scopes=tuple(str(s) for s in raw["credential_scopes"]),
+            )
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ConfigError(f"KEYSTEWARD_SANDBOX: cannot read connection file {path}: {err}") from err
+
+
+@dataclass(frozen=True)
+class Settings:
+    """keysteward's settings. Field docs are the configuration reference."""
+
+    subscriptions: tuple[str, ...]
+    """KEYSTEWARD_SUBSCRIPTIONS (required): comma-separated subscription ids to watch."""
+    vaults: tuple[str, ...]
+    """KEYSTEWARD_VAULTS (required): comma-separated vault URLs the service may act on."""
+    sandbox: str | None = None
+    """KEYSTEWARD_SANDBOX: path of a sandbox connection file; every client and the clock go there."""
+    storage_connection: str | None = None
+    """AzureWebJobsStorage: queues (fan-out) and tables (run journal)."""
+    retention: timedelta = timedelta(hours=MIN_RETENTION_HOURS)
+    """KEYSTEWARD_RETENTION_HOURS (24): hours an old version stays enabled after its successor."""
+    max_concurrency: int = 16
+    """KEYSTEWARD_MAX_CONCURRENCY (16): updates started in parallel per (key, subscription)."""
+    arm_writes_per_s: float = 5.0
+    """KEYSTEWARD_ARM_WRITES_PER_S (5): our share of a subscription's ARM write refill rate."""
+    arm_write_burst: int = 100
+    """KEYSTEWARD_ARM_WRITE_BURST (100): our share of a subscription's ARM write bucket."""
+    lag_alert: timedelta = timedelta(hours=2)
+    """KEYSTEWARD_LAG_ALERT_MINUTES (120): when a versionless binding is reported as lagging."""
+    expiry_margin: timedelta = timedelta(days=7)
+    """KEYSTEWARD_EXPIRY_MARGIN_DAYS (7): a new version must not expire sooner than this."""
+    rotation_max_age: timedelta = timedelta(days=90)
+    """KEYSTEWARD_ROTATION_MAX_AGE_DAYS (90): default maximum age of a managed key's version."""
+    managed_keys: tuple[str, ...] = ()
+    """KEYSTEWARD_MANAGED_KEYS: key URIs rotated by keysteward (besides keys tagged keysteward-rotate)."""
+    rotate_on_expired: bool = True
+    """KEYSTEWARD_ROTATE_ON_EXPIRED (true): a managed key whose version expired is rotated."""
+    hold_tag: str = "keysteward-hold"
+    """KEYSTEWARD_HOLD_TAG (keysteward-hold): resource tag that holds a binding back."""
+    key_sizes: dict[ServiceType, frozenset[int]] = field(default_factory=lambda: dict(DEFAULT_KEY_SIZES))
+    """KEYSTEWARD_KEY_SIZES: accepted RSA sizes per service, e.g. ``kusto=2048;cosmos=3072,4096``."""
+    inventory: str = "arm"
+    """KEYSTEWARD_INVENTORY (arm): ``arm`` (list calls) or ``resourcegraph`` (one query, large estates)."""
+    work_queue: str = "keysteward-work"
+    """KEYSTEWARD_WORK_QUEUE (keysteward-work): Storage queue of (key, subscription) work items."""
+    confirm_delay: timedelta = timedelta(seconds=30)
+    """KEYSTEWARD_CONFIRM_DELAY_SECONDS (30): wait before a pass confirms started updates."""
+    outcome_topic: str | None = None
+    """KEYSTEWARD_OUTCOME_TOPIC: Event Grid custom topic endpoint for outcome events (optional)."""
+    drift_mode: str = "repair"
+    """KEYSTEWARD_DRIFT_MODE (repair): ``repair`` re-enables wrongly disabled versions; ``alert`` only reports."""
+    backup_window: timedelta = timedelta(0)
+    """KEYSTEWARD_BACKUP_WINDOW_HOURS (0): Cosmos periodic-backup retention that keeps old versions needed."""
+    trust_principal_header: bool = False
+    """KEYSTEWARD_TRUST_PRINCIPAL_HEADER (false): trust X-MS-CLIENT-PRINCIPAL without Easy Auth (local host)."""
+    two_person_rule: bool = False
+    """KEYSTEWARD_TWO_PERSON_RULE (false): revoking a whole key waits for a second approver."""
+    verify_deadline: timedelta = timedelta(minutes=15)
+    """KEYSTEWARD_VERIFY_DEADLINE_MINUTES (15): how long a runbook waits for services to confirm."""
+    table_prefix: str = "keysteward"
+    """KEYSTEWARD_TABLE_PREFIX (keysteward): prefix of the journal's tables."""
+
+    @property
+    def sandbox_connection(self) -> SandboxConnection | None:
+        return SandboxConnection.load(self.sandbox) if self.sandbox else None
+
+    def accepts_size(self, service: ServiceType, size: int | None) -> bool:
+        return size is not None and size in self.key_sizes.get(service, frozenset())
+
+
+def _csv(raw: str | None) -> tuple[str, ...]:
+    return tuple(p.strip() for p in (raw or "").split(",") if p.strip())
+
+
+def _number(env: Mapping[str, str], name: str, default: float, *, minimum: float) -> float:
+    raw = env.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = float(raw)
+    except ValueError as err:
+        raise ConfigError(f"{name}: {raw!r} is not a number") from err
+    if value < minimum:
+        raise ConfigError(f"{name}: {value} is below the minimum {minimum}")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or not raw.strip():
+        return default
+    if raw.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.strip().lower() in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}: {raw!r} is not a boolean (true/false)")
+
+
+def _key_sizes(raw: str | None) -> dict[ServiceType, frozenset[int]]:
+    sizes = dict(DEFAULT_KEY_SIZES)
+    for part in (raw or "").split(";"):
+        if not part.strip():
+            continue
+        name, _, values = part.partition("=")
+        try:
+            service = ServiceType(name.strip().lower())
+            sizes[service] = frozenset(int(v) for v in values.split(",") if v.strip())
+        except ValueError as err:
+            raise ConfigError(f"KEYSTEWARD_KEY_SIZES: cannot read {part!r} (want e.g. cosmos=3072,4096)") from err
+    return sizes
+
+
+def load_settings(env: Mapping[str, str]) -> Settings:
+    """Reads and validates every setting from ``env``; raises :class:`ConfigError`."""
+    sandbox = (env.get("KEYSTEWARD_SANDBOX") or "").strip() or None
+    subscriptions = tuple(s.lower() for s in _csv(env.get("KEYSTEWARD_SUBSCRIPTIONS")))
+    vault_texts = _csv(env.get("KEYSTEWARD_VAULTS"))
+    if sandbox:
+        conn = SandboxConnection.load(sandbox)
+        # In sandbox mode vault names may be given instead of URLs (their ports are dynamic).
+        vault_texts = tuple(conn.vaults.get(v, v) for v in vault_texts) or tuple(conn.vaults.values())
+        subscriptions = subscriptions or tuple(s.lower() for s in conn.subscriptions)
+    if not subscriptions:
+        raise ConfigError("KEYSTEWARD_SUBSCRIPTIONS is required: comma-separated subscription ids to watch")
+    if not vault_texts:
+        raise ConfigError("KEYSTEWARD_VAULTS is required: comma-separated vault URLs keysteward may act on")
+    try:
+        vaults = tuple(normalize_vault_url(v) for v in vault_texts)
+    except ValueError as err:
+        raise ConfigError(f"KEYSTEWARD_VAULTS: {err}") from err
+    retention_hours = _number(env, "KEYSTEWARD_RETENTION_HOURS", MIN_RETENTION_HOURS, minimum=MIN_RETENTION_HOURS)
+    inventory = (env.get("KEYSTEWARD_INVENTORY") or "arm").strip().lower()
+    if inventory not in ("arm", "resourcegraph"):
+        raise ConfigError("KEYSTEWARD_INVENTORY: use 'arm' or 'resourcegraph'")
+    drift = (env.get("KEYSTEWARD_DRIFT_MODE") or "repair").strip().lower()
+    if drift not in ("repair", "alert"):
+        raise ConfigError("KEYSTEWARD_DRIFT_MODE: use 'repair' or 'alert'")
+    return Settings(
+        subscriptions=subscriptions,
+        vaults=vaults,
+        sandbox=sandbox,
+        storage_connection=(env.get("AzureWebJobsStorage") or "").strip() or None,
+        retention=timedelta(hours=retention_hours),
+        max_concurrency=int(_number(env, "KEYSTEWARD_MAX_CONCURRENCY", 16, minimum=1)),
+        arm_writes_per_s=_number(env, "KEYSTEWARD_ARM_WRITES_PER_S", 5.0, minimum=0.1),
+        arm_write_burst=int(_number(env, "KEYSTEWARD_ARM_WRITE_BURST", 100, minimum=1)),
+        lag_alert=timedelta(minutes=_number(env, "KEYSTEWARD_LAG_ALERT_MINUTES", 120, minimum=1)),
+        expiry_margin=timedelta(days=_number(env, "KEYSTEWARD_EXPIRY_MARGIN_DAYS", 7, minimum=0)),
+        rotation_max_age=timedelta(days=_number(env, "KEYSTEWARD_ROTATION_MAX_AGE_DAYS", 90, minimum=1)),
+        managed_keys=_csv(env.get("KEYSTEWARD_MANAGED_KEYS")),
+        rotate_on_expired=_bool(env, "KEYSTEWARD_ROTATE_ON_EXPIRED", True),
+        hold_tag=(env.get("KEYSTEWARD_HOLD_TAG") or "keysteward-hold").strip(),
+        key_sizes=_key_sizes(env.get("KEYSTEWARD_KEY_SIZES")),
+        inventory=inventory,
+        work_queue=(env.get("KEYSTEWARD_WORK_QUEUE") or "keysteward-work").strip(),
+        confirm_delay=timedelta(seconds=_number(env, "KEYSTEWARD_CONFIRM_DELAY_SECONDS", 30, minimum=0)),
+        outcome_topic=(env.get("KEYSTEWARD_OUTCOME_TOPIC") or "").strip() or None,
+        drift_mode=drift,
+        backup_window=timedelta(hours=_number(env, "KEYSTEWARD_BACKUP_WINDOW_HOURS", 0, minimum=0)),
+        trust_principal_header=_bool(env, "KEYSTEWARD_TRUST_PRINCIPAL_HEADER", False),
+        two_person_rule=_bool(env, "KEYSTEWARD_TWO_PERSON_RULE", False),
+        verify_deadline=timedelta(minutes=_number(env, "KEYSTEWARD_VERIFY_DEADLINE_MINUTES", 15, minimum=0)),
+        table_prefix=(env.get("KEYSTEWARD_TABLE_PREFIX") or "keysteward").strip(),
+    )

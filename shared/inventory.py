@@ -1,0 +1,110 @@
+"""Which resources use which key and version, across the watched subscriptions.
+
+Two paths behind one interface: per-subscription list calls through each service's adapter
+(``arm``), or one Azure Resource Graph query across all subscriptions (``resourcegraph``),
+for large estates. Both return the same :class:`~shared.model.Binding` objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
+
+from azure.mgmt.cosmosdb.models import DatabaseAccountGetResults
+from azure.mgmt.kusto.models import Cluster
+from azure.mgmt.resourcegraph.models import QueryRequest, QueryRequestOptions, ResultFormat
+
+from shared.clients import ClientFactory
+from shared.model import Binding, KeyRef, ServiceType
+from shared.targets import Target
+from shared.targets import cosmos as cosmos_target
+from shared.targets import kusto as kusto_target
+from shared.targets.base import sdk
+from shared.targets.readonly import ReadOnlyArmTarget
+
+
+class Inventory(Protocol):
+    def bindings(self, subscriptions: Sequence[str]) -> list[Binding]:
+        """Every CMK binding in ``subscriptions``."""
+        ...
+
+
+class ArmInventory:
+    """List calls per subscription and service (one ARM read per page)."""
+
+    def __init__(self, targets: dict[ServiceType, Target]) -> None:
+        self._targets = targets
+
+    def bindings(self, subscriptions: Sequence[str]) -> list[Binding]:
+        out: list[Binding] = []
+        for sub in subscriptions:
+            for target in self._targets.values():
+                out.extend(target.list_bindings(sub))
+        return out
+
+
+_GRAPH_TYPES = {
+    "microsoft.kusto/clusters": ServiceType.KUSTO,
+    "microsoft.documentdb/databaseaccounts": ServiceType.COSMOS,
+    "microsoft.dbforpostgresql/servergroupsv2": ServiceType.POSTGRES,
+    "microsoft.openenergyplatform/energyservices": ServiceType.ENERGY,
+}
+GRAPH_QUERY = (
+    "Resources | where type in~ ('microsoft.kusto/clusters', 'microsoft.documentdb/databaseaccounts', "
+    "'microsoft.dbforpostgresql/servergroupsv2', 'microsoft.openenergyplatform/energyservices') "
+    "| project id, name, type, location, subscriptionId, resourceGroup, tags, identity, properties"
+)
+# Resource Graph pages hold at most 1,000 rows.
+GRAPH_PAGE = 1000
+
+
+class ResourceGraphInventory:
+    """One query across every watched subscription, paged with ``skip_token``."""
+
+    def __init__(self, clients: ClientFactory, targets: dict[ServiceType, Target]) -> None:
+        self._clients = clients
+        self._targets = targets
+
+    def _rows(self, subscriptions: Sequence[str]) -> Iterable[dict[str, Any]]:
+        skip: str | None = None
+        while True:
+            request = QueryRequest(
+                subscriptions=list(subscriptions),
+                query=GRAPH_QUERY,
+                options=QueryRequestOptions(skip_token=skip, top=GRAPH_PAGE, result_format=ResultFormat.OBJECT_ARRAY),
+            )
+            with sdk("query Resource Graph"):
+                page = self._clients.resource_graph().resources(request)
+            yield from page.data or []
+            skip = page.skip_token
+            if not skip:
+                return
+
+    def bindings(self, subscriptions: Sequence[str]) -> list[Binding]:
+        out: list[Binding] = []
+        for row in self._rows(subscriptions):
+            service = _GRAPH_TYPES.get(str(row.get("type", "")).lower())
+            binding: Binding | None = None
+            if service is ServiceType.KUSTO:
+                binding = kusto_target._binding(Cluster(row))  # noqa: SLF001 - same module family
+            elif service is ServiceType.COSMOS:
+                binding = cosmos_target._binding(DatabaseAccountGetResults(row))  # noqa: SLF001
+            elif service is not None:
+                target = self._targets[service]
+                if isinstance(target, ReadOnlyArmTarget):
+                    binding = target._binding(row)  # noqa: SLF001
+            if binding is not None:
+                out.append(binding)
+        return out
+
+
+def for_key(bindings: Iterable[Binding], key: KeyRef) -> list[Binding]:
+    kid = key.key_id
+    return [b for b in bindings if b.key.key_id == kid]
+
+
+def by_key(bindings: Iterable[Binding]) -> dict[str, list[Binding]]:
+    out: dict[str, list[Binding]] = {}
+    for b in bindings:
+        out.setdefault(b.key.key_id, []).append(b)
+    return out

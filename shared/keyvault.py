@@ -1,0 +1,126 @@
+"""Adapter over Key Vault: keys (azure-keyvault-keys) and vault properties / access policies
+(azure-mgmt-keyvault). SDK errors are translated here, once, into Transient/Permanent errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from azure.core.exceptions import AzureError
+from azure.keyvault.keys import KeyProperties, KeyVaultKey
+
+from shared.clients import ClientFactory
+from shared.errors import translate
+from shared.model import KeyRef, KeyVersion
+
+
+@contextmanager
+def _sdk(what: str) -> Iterator[None]:
+    try:
+        yield
+    except AzureError as err:
+        raise translate(err, what=what) from err
+
+
+def _version_from(vault_url: str, props: KeyProperties, key: KeyVaultKey | None = None) -> KeyVersion:
+    size = None
+    kty = None
+    if key is not None and key.key is not None:
+        kty = str(key.key_type) if key.key_type is not None else None
+        n = getattr(key.key, "n", None)
+        size = len(n) * 8 if n else None
+    return KeyVersion(
+        ref=KeyRef(vault_url, props.name or "", props.version),
+        enabled=bool(props.enabled),
+        created=props.created_on,
+        not_before=props.not_before,
+        expires_on=props.expires_on,
+        key_type=kty.replace("KeyType.", "") if kty else None,
+        key_size=size,
+        tags=dict(props.tags or {}),
+    )
+
+
+@dataclass(frozen=True)
+class DeletedKeyInfo:
+    ref: KeyRef
+    deleted_on: datetime | None
+    scheduled_purge: datetime | None
+
+
+class KeyStore(Protocol):
+    """What the core needs from Key Vault's keys."""
+
+    def current(self, key: KeyRef) -> KeyVersion: ...
+    def version(self, key: KeyRef) -> KeyVersion: ...
+    def versions(self, key: KeyRef) -> list[KeyVersion]: ...
+    def set_enabled(self, key: KeyRef, *, enabled: bool, tags: Mapping[str, str] | None = None) -> KeyVersion: ...
+    def set_tags(self, key: KeyRef, tags: Mapping[str, str]) -> KeyVersion: ...
+    def rotate(self, key: KeyRef) -> KeyVersion: ...
+    def deleted(self, key: KeyRef) -> DeletedKeyInfo | None: ...
+    def recover(self, key: KeyRef) -> None: ...
+    def list_keys(self, vault_url: str) -> list[KeyRef]: ...
+
+
+class SdkKeyStore:
+    """:class:`KeyStore` over ``KeyClient``."""
+
+    def __init__(self, clients: ClientFactory) -> None:
+        self._clients = clients
+
+    def current(self, key: KeyRef) -> KeyVersion:
+        with _sdk(f"get key {key.versionless()}"):
+            got = self._clients.keys(key.vault_url).get_key(key.name)
+        return _version_from(key.vault_url, got.properties, got)
+
+    def version(self, key: KeyRef) -> KeyVersion:
+        with _sdk(f"get key {key}"):
+            got = self._clients.keys(key.vault_url).get_key(key.name, key.version)
+        return _version_from(key.vault_url, got.properties, got)
+
+    def versions(self, key: KeyRef) -> list[KeyVersion]:
+        """Every version, oldest first (by creation time). Sizes are not listed by Key Vault."""
+        with _sdk(f"list versions of {key.versionless()}"):
+            props = list(self._clients.keys(key.vault_url).list_properties_of_key_versions(key.name))
+        out = [_version_from(key.vault_url, p) for p in props]
+        return sorted(out, key=lambda v: (v.created.timestamp() if v.created else 0.0, v.version))
+
+    def set_enabled(self, key: KeyRef, *, enabled: bool, tags: Mapping[str, str] | None = None) -> KeyVersion:
+        with _sdk(f"{'enable' if enabled else 'disable'} {key}"):
+            got = self._clients.keys(key.vault_url).update_key_properties(
+                key.name, key.version, enabled=enabled, tags=dict(tags) if tags is not None else None
+            )
+        return _version_from(key.vault_url, got.properties, got)
+
+    def set_tags(self, key: KeyRef, tags: Mapping[str, str]) -> KeyVersion:
+        with _sdk(f"tag {key}"):
+            got = self._clients.keys(key.vault_url).update_key_properties(key.name, key.version, tags=dict(tags))
+        return _version_from(key.vault_url, got.properties, got)
+
+    def rotate(self, key: KeyRef) -> KeyVersion:
+        with _sdk(f"rotate {key.versionless()}"):
+            got = self._clients.keys(key.vault_url).rotate_key(key.name)
+        return _version_from(key.vault_url, got.properties, got)
+
+    def deleted(self, key: KeyRef) -> DeletedKeyInfo | None:
+        from shared.errors import NotFoundError  # noqa: PLC0415 - local to keep the import list short
+
+        try:
+            with _sdk(f"get deleted key {key.versionless()}"):
+                got = self._clients.keys(key.vault_url).get_deleted_key(key.name)
+        except NotFoundError:
+            return None
+        return DeletedKeyInfo(key.versionless(), got.deleted_date, got.scheduled_purge_date)
+
+    def recover(self, key: KeyRef) -> None:
+        with _sdk(f"recover {key.versionless()}"):
+            self._clients.keys(key.vault_url).begin_recover_deleted_key(key.name).result()
+
+    def list_keys(self, vault_url: str) -> list[KeyRef]:
+        with _sdk(f"list keys of {vault_url}"):
+            names = [p.name for p in self._clients.keys(vault_url).list_properties_of_keys() if p.name]
+        return [KeyRef(vault_url, n) for n in names]

@@ -1,0 +1,88 @@
+"""The Protocol every dependent-service adapter implements, and helpers they share."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Protocol
+
+from azure.core.exceptions import AzureError
+
+from shared.errors import translate
+from shared.model import Binding, KeyRef, ServiceType
+
+_RG = re.compile(r"/resourcegroups/([^/]+)/", re.IGNORECASE)
+_KEY_URI = re.compile(r"^(https://[^/]+)/keys/([^/]+)(?:/([0-9a-fA-F]{32}))?/?$")
+
+
+@dataclass(frozen=True)
+class UpdateStart:
+    """An update that was started: ``token`` resumes its poller (``continuation_token=``)."""
+
+    binding: Binding
+    version: str
+    token: str | None
+
+
+class Health:
+    OK = "ok"
+    REVOKED = "revoked"
+    UNKNOWN = "unknown"
+
+
+class Target(Protocol):
+    """A service that encrypts with a customer-managed key."""
+
+    service: ServiceType
+    updatable: bool
+
+    def list_bindings(self, subscription: str) -> list[Binding]:
+        """Every resource of this service in ``subscription`` that uses a Key Vault key."""
+        ...
+
+    def get_binding(self, resource_id: str) -> Binding | None:
+        """Fresh state of one resource; ``None`` when it no longer exists or has no CMK."""
+        ...
+
+    def start_update(self, binding: Binding, version: str) -> UpdateStart:
+        """Starts moving ``binding`` to ``version`` without waiting for the operation."""
+        ...
+
+    def health(self, binding: Binding) -> str:
+        """Whether the service reports its key usable (:class:`Health`)."""
+        ...
+
+
+@contextmanager
+def sdk(what: str) -> Iterator[None]:
+    try:
+        yield
+    except AzureError as err:
+        raise translate(err, what=what) from err
+
+
+def resource_group_of(resource_id: str) -> str:
+    m = _RG.search(resource_id + "/")
+    return m.group(1) if m else ""
+
+
+def subscription_of(resource_id: str) -> str:
+    parts = resource_id.split("/")
+    return parts[2].lower() if len(parts) > 2 and parts[1].lower() == "subscriptions" else ""
+
+
+def parse_key_uri_loose(uri: str | None) -> tuple[KeyRef, str | None] | None:
+    """(versionless key, version or None) from a key URI a service reports; None if absent/odd.
+
+    Services report their own configuration; the strict allowlist check happens in the core.
+    """
+    if not uri:
+        return None
+    m = _KEY_URI.match(uri.strip())
+    if m is None:
+        return None
+    vault = m.group(1).lower().removesuffix(":443")
+    version = m.group(3).lower() if m.group(3) else None
+    return KeyRef(vault, m.group(2)), version
