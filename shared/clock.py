@@ -28,3 +28,26 @@ class SystemClock:
     def sleep(self, seconds: float) -> None:
         if seconds > 0:
             time.sleep(seconds)
+
+
+class RemoteSandboxClock:
+    """The sandbox's clock, read over its admin API (``GET /sandbox/clock``).
+
+    Waiting is real waiting: the service never moves the sandbox's time itself.
+    """
+
+    def __init__(self, admin_url: str, *, ca_bundle: str) -> None:
+        import requests  # noqa: PLC0415 - only the sandbox mode needs it
+
+        self._url = admin_url.rstrip("/") + "/sandbox/clock"
+        self._session = requests.Session()
+        self._session.verify = ca_bundle
+
+    def now(self) -> datetime:
+        response = self._session.get(self._url, timeout=10)
+        response.raise_for_status()
+        return datetime.fromisoformat(str(response.json()["now"]).replace("Z", "+00:00"))
+
+    def sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            time.sleep(seconds)

@@ -64,7 +64,8 @@ def _retry_after(err: HttpResponseError) -> float | None:
     response = err.response
     if response is None:
         return None
-    raw = response.headers.get("Retry-After")
+    headers = getattr(response, "headers", None)
+    raw = headers.get("Retry-After") if headers is not None else None
     if raw is None:
         return None
     try:

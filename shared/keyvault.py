@@ -14,7 +14,7 @@ from azure.core.exceptions import AzureError
 from azure.keyvault.keys import KeyProperties, KeyVaultKey
 
 from shared.clients import ClientFactory
-from shared.errors import translate
+from shared.errors import PermanentError, translate
 from shared.model import KeyRef, KeyVersion
 
 
@@ -30,7 +30,8 @@ def _version_from(vault_url: str, props: KeyProperties, key: KeyVaultKey | None 
     size = None
     kty = None
     if key is not None and key.key is not None:
-        kty = str(key.key_type) if key.key_type is not None else None
+        raw = key.key_type
+        kty = str(getattr(raw, "value", raw)) if raw is not None else None
         n = getattr(key.key, "n", None)
         size = len(n) * 8 if n else None
     return KeyVersion(
@@ -39,7 +40,7 @@ def _version_from(vault_url: str, props: KeyProperties, key: KeyVaultKey | None 
         created=props.created_on,
         not_before=props.not_before,
         expires_on=props.expires_on,
-        key_type=kty.replace("KeyType.", "") if kty else None,
+        key_type=kty,
         key_size=size,
         tags=dict(props.tags or {}),
     )
@@ -73,8 +74,18 @@ class SdkKeyStore:
         self._clients = clients
 
     def current(self, key: KeyRef) -> KeyVersion:
-        with _sdk(f"get key {key.versionless()}"):
-            got = self._clients.keys(key.vault_url).get_key(key.name)
+        """The newest version. Key Vault refuses ``get`` (403) when that version is disabled:
+        then the version listing says which it is (without its size)."""
+        try:
+            with _sdk(f"get key {key.versionless()}"):
+                got = self._clients.keys(key.vault_url).get_key(key.name)
+        except PermanentError as err:
+            if err.status != 403:
+                raise
+            versions = self.versions(key)
+            if not versions:
+                raise
+            return versions[-1]
         return _version_from(key.vault_url, got.properties, got)
 
     def version(self, key: KeyRef) -> KeyVersion:

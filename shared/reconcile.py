@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -131,19 +132,23 @@ def plan(
 
 class WriteBudget:
     """Client-side token bucket per subscription, so a fleet update stays inside our share of
-    the ARM write budget instead of discovering it through 429s."""
+    the ARM write budget instead of discovering it through 429s. It paces real requests, so it
+    runs on monotonic time whatever clock the service is given."""
 
-    def __init__(self, *, rate_per_s: float, burst: int, clock: Clock) -> None:
+    def __init__(self, *, rate_per_s: float, burst: int,
+                 sleep: Callable[[float], None] = time.sleep,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self._rate = rate_per_s
         self._burst = float(burst)
-        self._clock = clock
+        self._sleep = sleep
+        self._monotonic = monotonic
         self._lock = threading.Lock()
         self._buckets: dict[str, tuple[float, float]] = {}  # sub -> (tokens, at)
 
     def acquire(self, subscription: str) -> None:
         while True:
             with self._lock:
-                now = self._clock.now().timestamp()
+                now = self._monotonic()
                 tokens, at = self._buckets.get(subscription, (self._burst, now))
                 tokens = min(self._burst, tokens + max(0.0, now - at) * self._rate)
                 if tokens >= 1.0:
@@ -151,7 +156,7 @@ class WriteBudget:
                     return
                 self._buckets[subscription] = (tokens, now)
                 wait = (1.0 - tokens) / self._rate
-            self._clock.sleep(wait)
+            self._sleep(wait)
 
 
 class Reconciler:
@@ -174,9 +179,7 @@ class Reconciler:
         self._inventory = inventory
         self._notifier = notifier
         self._clock = clock
-        self._budget = budget or WriteBudget(
-            rate_per_s=settings.arm_writes_per_s, burst=settings.arm_write_burst, clock=clock
-        )
+        self._budget = budget or WriteBudget(rate_per_s=settings.arm_writes_per_s, burst=settings.arm_write_burst)
         self._log = structlog.get_logger("keysteward.reconcile")
         self._rng = random.Random()
 

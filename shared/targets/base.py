@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from azure.core.exceptions import AzureError
 
@@ -19,7 +19,9 @@ _KEY_URI = re.compile(r"^(https://[^/]+)/keys/([^/]+)(?:/([0-9a-fA-F]{32}))?/?$"
 
 @dataclass(frozen=True)
 class UpdateStart:
-    """An update that was started: ``token`` resumes its poller (``continuation_token=``)."""
+    """An update that was started. ``token`` is the operation's status URL (Azure-AsyncOperation
+    or Location) when the service gave one: kept for diagnostics; convergence itself is confirmed
+    by reading the resource back on a later pass."""
 
     binding: Binding
     version: str
@@ -53,6 +55,19 @@ class Target(Protocol):
     def health(self, binding: Binding) -> str:
         """Whether the service reports its key usable (:class:`Health`)."""
         ...
+
+
+def operation_recorder() -> tuple[dict[str, str], Callable[[Any], None]]:
+    """A ``raw_response_hook`` that keeps the operation status URL of the initial response."""
+    seen: dict[str, str] = {}
+
+    def hook(pipeline_response: Any) -> None:
+        headers = pipeline_response.http_response.headers
+        url = headers.get("Azure-AsyncOperation") or headers.get("Location")
+        if url:
+            seen["operation"] = url
+
+    return seen, hook
 
 
 @contextmanager

@@ -15,6 +15,7 @@ from shared.model import Binding, ServiceType
 from shared.targets.base import (
     Health,
     UpdateStart,
+    operation_recorder,
     parse_key_uri_loose,
     resource_group_of,
     sdk,
@@ -89,11 +90,12 @@ class CosmosTarget:
 
     def start_update(self, binding: Binding, version: str) -> UpdateStart:
         params = DatabaseAccountUpdateParameters(key_vault_key_uri=binding.key.with_version(version).uri)
+        seen, hook = operation_recorder()
         with sdk(f"update Cosmos DB account {binding.name} to {version}"):
-            poller = self._clients.cosmos(binding.subscription).database_accounts.begin_update(
-                binding.resource_group, binding.name, params, polling=False
+            self._clients.cosmos(binding.subscription).database_accounts.begin_update(
+                binding.resource_group, binding.name, params, polling=False, raw_response_hook=hook
             )
-        return UpdateStart(binding, version, poller.continuation_token())
+        return UpdateStart(binding, version, seen.get("operation"))
 
     def health(self, binding: Binding) -> str:
         status = (binding.health or "").strip().lower()

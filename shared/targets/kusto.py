@@ -14,7 +14,7 @@ from azure.mgmt.kusto.models import Cluster, ClusterUpdate, KeyVaultProperties
 from shared.clients import ClientFactory
 from shared.errors import NotFoundError
 from shared.model import Binding, KeyRef, ServiceType
-from shared.targets.base import Health, UpdateStart, resource_group_of, sdk, subscription_of
+from shared.targets.base import Health, UpdateStart, operation_recorder, resource_group_of, sdk, subscription_of
 
 # Cluster states that mean "not serving"; with a key-related stateReason they mean revoked.
 _DOWN_STATES = {"unavailable", "stopped", "stopping"}
@@ -89,11 +89,12 @@ class KustoTarget:
                 user_identity=binding.user_identity,
             )
         )
+        seen, hook = operation_recorder()
         with sdk(f"update Kusto cluster {binding.name} to {version}"):
-            poller = self._clients.kusto(binding.subscription).clusters.begin_update(
-                binding.resource_group, binding.name, update, polling=False
+            self._clients.kusto(binding.subscription).clusters.begin_update(
+                binding.resource_group, binding.name, update, polling=False, raw_response_hook=hook
             )
-        return UpdateStart(binding, version, poller.continuation_token())
+        return UpdateStart(binding, version, seen.get("operation"))
 
     def health(self, binding: Binding) -> str:
         state = (binding.state or "").lower()

@@ -1,0 +1,1 @@
+"""Triggers only: each turns a binding into one core call and maps the result back."""

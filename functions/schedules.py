@@ -1,0 +1,35 @@
+"""Timers: scheduled rotation, and the full reconcile that heals lost events.
+
+Schedules are app settings (NCRONTAB, 6 fields): ``KEYSTEWARD_ROTATION_SCHEDULE`` and
+``KEYSTEWARD_RECONCILE_SCHEDULE``.
+"""
+
+from __future__ import annotations
+
+import azure.functions as func
+import structlog
+
+from functions._root import get_app
+
+bp = func.Blueprint()
+log = structlog.get_logger("keysteward.timers")
+
+
+@bp.function_name("rotation_schedule")
+@bp.timer_trigger(arg_name="timer", schedule="%KEYSTEWARD_ROTATION_SCHEDULE%", use_monitor=True)
+def rotation_schedule(timer: func.TimerRequest) -> None:
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(timer="rotation", past_due=timer.past_due)
+    results = get_app().rotation_sweep()
+    log.info("rotation-pass", keys=len(results), rotated=sum(1 for r in results if r.rotated))
+
+
+@bp.function_name("reconcile_schedule")
+@bp.timer_trigger(arg_name="timer", schedule="%KEYSTEWARD_RECONCILE_SCHEDULE%", use_monitor=True)
+def reconcile_schedule(timer: func.TimerRequest) -> None:
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(timer="reconcile", past_due=timer.past_due)
+    app = get_app()
+    results = app.reconcile_all()
+    log.info("reconcile-pass", keys=len(results), started=sum(len(r.started) for r in results),
+             failed=sum(len(r.failed) for r in results))

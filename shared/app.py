@@ -1,0 +1,234 @@
+"""The composition root and the operations the triggers and the CLI call.
+
+:func:`build` wires settings, clients, adapters, clock and logger once; :class:`Keysteward`
+exposes one method per use case (an event, a work item, a timer pass, a CLI command). A
+trigger parses its binding, calls one method, and maps the result back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import structlog
+from azure.core.credentials import TokenCredential
+from azure.core.pipeline.transport import HttpTransport
+
+from shared.clients import ClientFactory, factory_for
+from shared.clock import Clock, RemoteSandboxClock, SystemClock
+from shared.config import Settings
+from shared.events import IgnoredEvent, KeyEventType, KeyVaultEvent
+from shared.inventory import ArmInventory, Inventory, ResourceGraphInventory, by_key, for_key
+from shared.keyvault import KeyStore, SdkKeyStore
+from shared.model import Binding, KeyRef
+from shared.notify import EventGridNotifier, LogNotifier, Notifier, Outcome
+from shared.reconcile import PassResult, Reconciler
+from shared.rotation import RotationResult, Rotator
+from shared.targets import Target, build_targets
+from shared.workqueue import MAX_CONFIRM_ATTEMPTS, MemoryQueue, StorageWorkQueue, WorkItem, WorkQueue, confirm_delay
+
+
+@dataclass
+class EventResult:
+    """What handling one Key Vault event did (for the trigger's log line and tests)."""
+
+    action: str  # reconciled | fanned-out | rotated | notified | ignored | skipped
+    detail: str = ""
+    passes: list[PassResult] = field(default_factory=list)
+    enqueued: list[WorkItem] = field(default_factory=list)
+    rotation: RotationResult | None = None
+
+
+class Keysteward:
+    """keysteward's use cases over injected dependencies."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        clock: Clock,
+        keys: KeyStore,
+        targets: dict[object, Target],
+        inventory: Inventory,
+        notifier: Notifier,
+        queue: WorkQueue,
+        clients: ClientFactory | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.keys = keys
+        self.targets = targets
+        self.inventory = inventory
+        self.notifier = notifier
+        self.queue = queue
+        self.clients = clients
+        self.reconciler = Reconciler(
+            settings=settings, keys=keys, targets=targets, inventory=inventory,  # type: ignore[arg-type]
+            notifier=notifier, clock=clock,
+        )
+        self.rotator = Rotator(settings=settings, keys=keys, notifier=notifier, clock=clock)
+        self.log = structlog.get_logger("keysteward")
+
+    # ---- scope ------------------------------------------------------------------------------
+    def in_scope(self, key: KeyRef) -> bool:
+        """Only vaults in KEYSTEWARD_VAULTS are acted on."""
+        return key.vault_url in self.settings.vaults
+
+    # ---- Event Grid ------------------------------------------------------------------------------
+    def handle_event(self, event: KeyVaultEvent | IgnoredEvent) -> EventResult:
+        """Routes one parsed event by type. Raises TransientError when Azure should redeliver."""
+        if isinstance(event, IgnoredEvent):
+            return EventResult("ignored", event.reason)
+        if not self.in_scope(event.key):
+            self.log.info("event-out-of-scope", event_id=event.event_id, key=str(event.key))
+            return EventResult("ignored", f"vault {event.key.vault_url} is not in KEYSTEWARD_VAULTS")
+        handler = self._routes[event.event_type]
+        return handler(self, event)
+
+    def _on_new_version(self, event: KeyVaultEvent) -> EventResult:
+        key = event.key.versionless()
+        bindings = for_key(self.inventory.bindings(self.settings.subscriptions), key)
+        subs = sorted({b.subscription for b in bindings})
+        if len(subs) > 1:
+            items = [WorkItem(key.uri, sub, event_id=event.event_id) for sub in subs]
+            for item in items:
+                self.queue.put(item)
+            return EventResult("fanned-out", f"{len(items)} subscriptions", enqueued=items)
+        result = self.reconciler.reconcile_key(key, bindings=bindings, event_id=event.event_id)
+        enqueued = self._follow_up(WorkItem(key.uri, subs[0] if subs else "", event_id=event.event_id), result)
+        return EventResult("reconciled", "", passes=[result], enqueued=enqueued)
+
+    def _on_near_expiry(self, event: KeyVaultEvent) -> EventResult:
+        r = self.rotator.on_near_expiry(event.key, event_version=event.key.version, event_id=event.event_id)
+        return EventResult("rotated" if r.rotated else "notified" if "notified" in r.reason else "skipped",
+                           r.reason, rotation=r)
+
+    def _on_expired(self, event: KeyVaultEvent) -> EventResult:
+        r = self.rotator.on_expired(event.key, event_version=event.key.version, event_id=event.event_id)
+        return EventResult("rotated" if r.rotated else "notified", r.reason, rotation=r)
+
+    _routes: dict[KeyEventType, Callable[[Keysteward, KeyVaultEvent], EventResult]] = {
+        KeyEventType.NEW_VERSION: _on_new_version,
+        KeyEventType.NEAR_EXPIRY: _on_near_expiry,
+        KeyEventType.EXPIRED: _on_expired,
+    }
+
+    # ---- work items ------------------------------------------------------------------------------
+    def process_work_item(self, item: WorkItem) -> PassResult:
+        """One (key, subscription) pass; re-enqueues a confirm pass while updates are running."""
+        from shared.keyuri import parse_key_uri  # noqa: PLC0415 - avoids an import cycle at start
+
+        key = parse_key_uri(item.key, allowed_vaults=self.settings.vaults, require_version=False)
+        result = self.reconciler.reconcile_key(
+            key, subscriptions=[item.subscription], event_id=item.event_id, started_before=item.started
+        )
+        self._follow_up(item, result)
+        return result
+
+    def _follow_up(self, item: WorkItem, result: PassResult) -> list[WorkItem]:
+        if not result.pending or not item.subscription:
+            return []
+        if item.attempt >= MAX_CONFIRM_ATTEMPTS:
+            self.notifier.publish([Outcome("BindingNotConverged", item.key, {
+                "key": item.key, "subscription": item.subscription, "attempts": item.attempt}, "warning")])
+            return []
+        nxt = item.next_confirm(tuple(s.binding.resource_id for s in result.started))
+        self.queue.put(nxt, delay=confirm_delay(self.settings.confirm_delay, nxt.attempt))
+        return [nxt]
+
+    # ---- timers ---------------------------------------------------------------------------------
+    def all_bindings(self) -> list[Binding]:
+        return self.inventory.bindings(self.settings.subscriptions)
+
+    def reconcile_all(self, *, dry_run: bool = False, key: KeyRef | None = None) -> list[PassResult]:
+        """Safety net for lost events: every bound key in scope, one inventory read for all."""
+        grouped = by_key(self.all_bindings())
+        results: list[PassResult] = []
+        for bindings in grouped.values():
+            ref = bindings[0].key
+            if not self.in_scope(ref) or (key is not None and ref.key_id != key.key_id):
+                continue
+            result = self.reconciler.reconcile_key(ref, bindings=bindings, dry_run=dry_run)
+            results.append(result)
+            if not dry_run:
+                for sub in sorted({b.subscription for b in bindings}):
+                    self._follow_up(WorkItem(ref.uri, sub), result)
+        return results
+
+    def managed_keys(self) -> list[KeyRef]:
+        out: list[KeyRef] = []
+        for vault in self.settings.vaults:
+            out.extend(self.keys.list_keys(vault))
+        return out
+
+    def rotation_sweep(self) -> list[RotationResult]:
+        """Scheduled rotation of managed keys older than their maximum age."""
+        return [self.rotator.rotate_if_old(k) for k in self.managed_keys()]
+
+
+def _clock_for(settings: Settings) -> Clock:
+    conn = settings.sandbox_connection
+    if conn is not None:
+        return RemoteSandboxClock(conn.admin_url, ca_bundle=conn.ca_bundle)
+    return SystemClock()
+
+
+def build(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    transport_factory: Callable[[], HttpTransport] | None = None,
+    credential: TokenCredential | None = None,
+    notifier: Notifier | None = None,
+    queue: WorkQueue | None = None,
+    polling_interval: float | None = None,
+) -> Keysteward:
+    """Wires every dependency for ``settings``; what is passed in replaces the default."""
+    clients = factory_for(settings, transport_factory=transport_factory, credential=credential,
+                          polling_interval=polling_interval)
+    targets = build_targets(clients)
+    inventory: Inventory = (
+        ResourceGraphInventory(clients, targets) if settings.inventory == "resourcegraph" else ArmInventory(targets)
+    )
+    if notifier is None:
+        notifier = (
+            EventGridNotifier(settings.outcome_topic, clients.credential,
+                              **({"transport": transport_factory()} if transport_factory else {}))
+            if settings.outcome_topic else LogNotifier()
+        )
+    if queue is None:
+        queue = (StorageWorkQueue(settings.storage_connection, settings.work_queue)
+                 if settings.storage_connection else MemoryQueue())
+    return Keysteward(
+        settings=settings,
+        clock=clock or _clock_for(settings),
+        keys=SdkKeyStore(clients),
+        targets=dict(targets),
+        inventory=inventory,
+        notifier=notifier,
+        queue=queue,
+        clients=clients,
+    )
+
+
+def drain(app: Keysteward, queue: MemoryQueue, *, max_items: int = 10_000,
+          on_pass: Callable[[WorkItem, PassResult], None] | None = None,
+          wait: Callable[[timedelta], None] | None = None) -> int:
+    """Runs an in-memory queue to exhaustion in this process (CLI and tests); returns items run."""
+    count = 0
+    while count < max_items:
+        popped = queue.pop()
+        if popped is None:
+            return count
+        item, delay = popped
+        if delay and wait is not None:
+            wait(delay)
+        result = app.process_work_item(item)
+        count += 1
+        if on_pass is not None:
+            on_pass(item, result)
+    return count
+
+
+__all__ = ["EventResult", "Keysteward", "build", "drain"]
