@@ -98,7 +98,8 @@ class SdkKeyStore:
         with _sdk(f"list versions of {key.versionless()}"):
             props = list(self._clients.keys(key.vault_url).list_properties_of_key_versions(key.name))
         out = [_version_from(key.vault_url, p) for p in props]
-        return sorted(out, key=lambda v: (v.created.timestamp() if v.created else 0.0, v.version))
+        # Stable sort: versions created within the same second keep the service's listing order.
+        return sorted(out, key=lambda v: v.created.timestamp() if v.created else 0.0)
 
     def set_enabled(self, key: KeyRef, *, enabled: bool, tags: Mapping[str, str] | None = None) -> KeyVersion:
         with _sdk(f"{'enable' if enabled else 'disable'} {key}"):

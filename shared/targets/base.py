@@ -57,6 +57,13 @@ class Target(Protocol):
         ...
 
 
+def enum_text(value: object) -> str | None:
+    """The wire text of an SDK enum or string (``str()`` of an enum member is its Python name)."""
+    if value is None:
+        return None
+    return str(getattr(value, "value", value))
+
+
 def operation_recorder() -> tuple[dict[str, str], Callable[[Any], None]]:
     """A ``raw_response_hook`` that keeps the operation status URL of the initial response."""
     seen: dict[str, str] = {}

@@ -15,6 +15,7 @@ from shared.model import Binding, ServiceType
 from shared.targets.base import (
     Health,
     UpdateStart,
+    enum_text,
     operation_recorder,
     parse_key_uri_loose,
     resource_group_of,
@@ -61,7 +62,7 @@ def _binding(account: DatabaseAccountGetResults) -> Binding | None:
         updatable=True,
         principal_id=principal,
         user_identity=uid,
-        provisioning_state=account.provisioning_state,
+        provisioning_state=enum_text(account.provisioning_state),
         health=account.customer_managed_key_status,
         tags=dict(account.tags or {}),
     )

@@ -14,7 +14,7 @@ from azure.mgmt.kusto.models import Cluster, ClusterUpdate, KeyVaultProperties
 from shared.clients import ClientFactory
 from shared.errors import NotFoundError
 from shared.model import Binding, KeyRef, ServiceType
-from shared.targets.base import Health, UpdateStart, operation_recorder, resource_group_of, sdk, subscription_of
+from shared.targets.base import Health, UpdateStart, enum_text, operation_recorder, resource_group_of, sdk, subscription_of
 
 # Cluster states that mean "not serving"; with a key-related stateReason they mean revoked.
 _DOWN_STATES = {"unavailable", "stopped", "stopping"}
@@ -52,8 +52,8 @@ def _binding(cluster: Cluster) -> Binding | None:
         updatable=True,
         principal_id=principal,
         user_identity=kvp.user_identity or None,
-        provisioning_state=str(cluster.provisioning_state) if cluster.provisioning_state else None,
-        state=str(cluster.state) if cluster.state else None,
+        provisioning_state=enum_text(cluster.provisioning_state),
+        state=enum_text(cluster.state),
         health=cluster.state_reason,
         tags=dict(cluster.tags or {}),
     )

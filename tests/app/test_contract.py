@@ -1,0 +1,26 @@
+"""The app's functions and their triggers are a contract with the platform and with operators."""
+
+from __future__ import annotations
+
+import importlib
+
+
+def test_function_app_lists_the_expected_functions_and_triggers():
+    module = importlib.import_module("function_app")
+    functions = {f.get_function_name(): f for f in module.app.get_functions()}
+    triggers = {name: next(b for b in f.get_bindings() if b.type.endswith("Trigger")) for name, f in functions.items()}
+    assert triggers["on_key_vault_event"].type == "eventGridTrigger"
+    assert triggers["process_work_item"].type == "queueTrigger"
+    assert triggers["process_work_item"].queue_name == "%KEYSTEWARD_WORK_QUEUE%"
+    assert triggers["rotation_schedule"].type == "timerTrigger"
+    assert triggers["rotation_schedule"].schedule == "%KEYSTEWARD_ROTATION_SCHEDULE%"
+    assert triggers["reconcile_schedule"].schedule == "%KEYSTEWARD_RECONCILE_SCHEDULE%"
+    http = {name: t for name, t in triggers.items() if t.type == "httpTrigger"}
+    routes = {t.route: sorted(m.value if hasattr(m, "value") else m for m in t.methods) for t in http.values()}
+    expected = {
+        "revoke": ["POST"], "restore": ["POST"], "runs/{id}": ["GET"], "runs": ["GET"],
+        "runs/{id}/approve": ["POST"], "retire": ["POST"], "check": ["GET"], "keys/status": ["GET"],
+    }
+    for route, methods in expected.items():
+        if route in routes:
+            assert routes[route] == methods
