@@ -129,6 +129,8 @@ class World:
             resp = self._dispatch(req)
         resp.delay_s += faults.latency_s
         self._log(req, resp)
+        # Events published while answering go out now, outside the lock (see EventGridBus.pump).
+        self.eventgrid.pump(self.clock.now())
         return resp
 
     def _dispatch(self, req: Request) -> Response:

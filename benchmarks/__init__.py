@@ -1,0 +1,1 @@
+"""Fleet-scale and latency measurements; run as scripts (``python -m benchmarks.<name>``)."""
