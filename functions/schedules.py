@@ -10,6 +10,7 @@ import azure.functions as func
 import structlog
 
 from functions._root import get_app
+from shared.retention import maintenance_pass
 
 bp = func.Blueprint()
 log = structlog.get_logger("keysteward.timers")
@@ -33,3 +34,7 @@ def reconcile_schedule(timer: func.TimerRequest) -> None:
     results = app.reconcile_all()
     log.info("reconcile-pass", keys=len(results), started=sum(len(r.started) for r in results),
              failed=sum(len(r.failed) for r in results))
+    # Retention: recover keys deleted while in use, repair drift, retire eligible old versions.
+    sweep = maintenance_pass(app)
+    log.info("retention-pass", run=sweep.run, retired=len(sweep.retired), repaired=len(sweep.repaired),
+             recovered=len(sweep.recovered), errors=len(sweep.errors))

@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+import structlog
+
 from shared.app import Keysteward, build
 from shared.config import load_settings
 from shared.errors import KeystewardError, PermanentError, ValidationError
@@ -133,6 +135,46 @@ def cmd_status(app: Keysteward, args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK
 
 
+def cmd_check(app: Keysteward, args: argparse.Namespace, out: Output) -> int:
+    from shared.preflight import check_lines, run_check  # noqa: PLC0415
+
+    doc = run_check(app)
+    out.emit(doc, lambda: check_lines(doc))
+    return EXIT_OK if doc["ok"] else EXIT_PROBLEM
+
+
+def cmd_retire(app: Keysteward, args: argparse.Namespace, out: Output) -> int:
+    from shared.retention import maintenance_pass  # noqa: PLC0415
+
+    result = maintenance_pass(app, dry_run=args.dry_run, repair=False)
+    doc = {**result.as_dict(), "dryRun": args.dry_run}
+    verb = "would retire" if args.dry_run else "retired"
+
+    def lines() -> list[str]:
+        out_lines = [f"{verb} {len(result.retired)} version(s) (run {result.run})"]
+        out_lines += [f"  {verb}: {u}" for u in result.retired]
+        out_lines += [f"  kept: {u}: {'; '.join(r)}" for u, r in result.kept.items()]
+        out_lines += [f"  error: {e}" for e in result.errors]
+        return out_lines
+
+    out.emit(doc, lines)
+    return EXIT_PROBLEM if result.errors else EXIT_OK
+
+
+def cmd_disable(app: Keysteward, args: argparse.Namespace, out: Output) -> int:
+    from shared.retention import RetentionRefused, disable_version  # noqa: PLC0415
+
+    key = _key(app, args.key, require_version=True)
+    try:
+        doc = disable_version(app, key, reason=args.reason, ticket=args.ticket, caller=os.environ.get("USER", "cli"))
+    except RetentionRefused as err:
+        refused = {"key": str(key), "disabled": False, "refused": True, **err.verdict.as_dict()}
+        out.emit(refused, lambda: [f"refused: {b.message}" for b in err.verdict.blockers])
+        return EXIT_PROBLEM
+    out.emit(doc, lambda: [f"{key}: disabled (run {doc['run']})"])
+    return EXIT_OK
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="keysteward", description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--settings", help="a local.settings.json whose Values are read before the environment")
@@ -154,6 +196,13 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--key", required=True, help="versionless key URI")
     sp = add("status", "every version of a key, who uses it, and whether it may be disabled")
     sp.add_argument("--key", required=True, help="versionless key URI")
+    add("check", "preflight: vaults, keys and bound services set up as Azure requires")
+    sp = add("retire", "disable old versions that the retention rule allows, for keys tagged keysteward-retire")
+    sp.add_argument("--dry-run", action="store_true", help="show what would be retired")
+    sp = add("disable", "disable one version, only if the retention rule allows it")
+    sp.add_argument("--key", required=True, help="versioned key URI")
+    sp.add_argument("--reason", required=True)
+    sp.add_argument("--ticket", required=True)
     sp = sub.add_parser("serve", help="run the app on the local development host (python -m sandbox.host)")
     sp.add_argument("rest", nargs=argparse.REMAINDER, help="host options, e.g. --port 7071")
     return p
@@ -164,6 +213,9 @@ _HANDLERS: dict[str, Callable[[Keysteward, argparse.Namespace, Output], int]] = 
     "reconcile": cmd_reconcile,
     "rotate": cmd_rotate,
     "status": cmd_status,
+    "check": cmd_check,
+    "retire": cmd_retire,
+    "disable": cmd_disable,
 }
 
 
@@ -182,6 +234,8 @@ def main(argv: Sequence[str] | None = None, *, app: Keysteward | None = None,
         # The development host lives beside the app, never inside it: run it as its own program.
         os.execvp(sys.executable, [sys.executable, "-m", "sandbox.host", *args.rest])  # noqa: S606
     configure(json=out.as_json or not sys.stderr.isatty())
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(command=args.command)
     try:
         if args.settings:
             _load_local_settings(args.settings)

@@ -65,6 +65,7 @@ class KeyStore(Protocol):
     def deleted(self, key: KeyRef) -> DeletedKeyInfo | None: ...
     def recover(self, key: KeyRef) -> None: ...
     def list_keys(self, vault_url: str) -> list[KeyRef]: ...
+    def rotation_policy(self, key: KeyRef) -> list[str]: ...
 
 
 class SdkKeyStore:
@@ -136,3 +137,19 @@ class SdkKeyStore:
         with _sdk(f"list keys of {vault_url}"):
             names = [p.name for p in self._clients.keys(vault_url).list_properties_of_keys() if p.name]
         return [KeyRef(vault_url, n) for n in names]
+
+    def rotation_policy(self, key: KeyRef) -> list[str]:
+        """The policy's lifetime actions as text (e.g. ``Rotate after P90D``); empty when none."""
+        from shared.errors import NotFoundError  # noqa: PLC0415
+
+        try:
+            with _sdk(f"get rotation policy of {key.versionless()}"):
+                policy = self._clients.keys(key.vault_url).get_key_rotation_policy(key.name)
+        except NotFoundError:
+            return []
+        out = []
+        for action in policy.lifetime_actions or []:
+            when = action.time_after_create or action.time_before_expiry or "?"
+            kind = getattr(action.action, "value", action.action)
+            out.append(f"{kind} {'after' if action.time_after_create else 'before expiry'} {when}")
+        return out

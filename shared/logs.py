@@ -11,6 +11,19 @@ import structlog
 _configured = False
 
 
+class _StderrLogger:
+    """Writes each line to the ``sys.stderr`` of the moment (it can be replaced after start)."""
+
+    def msg(self, message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    log = debug = info = warn = warning = err = error = critical = exception = fatal = msg
+
+
+def _factory(*_args: object) -> _StderrLogger:
+    return _StderrLogger()
+
+
 def configure(*, json: bool | None = None, level: int = logging.INFO) -> None:
     global _configured  # noqa: PLW0603 - logging is process-wide by nature
     if _configured:
@@ -27,7 +40,7 @@ def configure(*, json: bool | None = None, level: int = logging.INFO) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=_factory,
         cache_logger_on_first_use=True,
     )
     _configured = True

@@ -1,0 +1,142 @@
+"""Preflight: is every vault, key and bound service set up the way Azure requires?
+
+Per vault: soft delete and purge protection on (and the 90-day deleted-vault retention that
+Cosmos DB for PostgreSQL needs). Per key and bound service: key type and size accepted, nbf in
+the past and exp in the future with margin, the service in the vault's region (Kusto), the
+service identity granted get/wrapKey/unwrapKey by access policy (or "RBAC: not verifiable"),
+and a rotation policy where keysteward is to rotate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from shared.errors import KeystewardError
+from shared.inventory import by_key
+from shared.model import Binding, KeyVersion, ServiceType
+from shared.reconcile import ACCEPTED_KEY_TYPES
+from shared.rotation import managed_max_age
+from shared.vaults import VaultInfo, find_vaults
+
+if TYPE_CHECKING:
+    from shared.app import Keysteward
+
+CMK_PERMISSIONS = ("get", "wrapKey", "unwrapKey")
+ENERGY_PERMISSIONS = ("get", "list", "wrapKey", "unwrapKey")
+POSTGRES_VAULT_RETENTION_DAYS = 90
+
+
+@dataclass(frozen=True)
+class Finding:
+    level: str  # ok | warning | violation
+    scope: str  # vault URL, key URI or resource id
+    check: str
+    message: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"level": self.level, "scope": self.scope, "check": self.check, "message": self.message}
+
+
+def _vault_findings(vault_url: str, info: VaultInfo | None, bindings: list[Binding]) -> list[Finding]:
+    if info is None:
+        return [Finding("violation", vault_url, "vault", "vault not found in the watched subscriptions")]
+    out = [
+        Finding("ok" if info.soft_delete else "violation", vault_url, "soft-delete",
+                "soft delete on" if info.soft_delete else "soft delete is off"),
+        Finding("ok" if info.purge_protection else "violation", vault_url, "purge-protection",
+                "purge protection on" if info.purge_protection else "purge protection is off (required by every "
+                "CMK service)"),
+    ]
+    if any(b.service is ServiceType.POSTGRES for b in bindings):
+        good = info.retention_days >= POSTGRES_VAULT_RETENTION_DAYS
+        out.append(Finding("ok" if good else "violation", vault_url, "deleted-vault-retention",
+                           f"soft-delete retention {info.retention_days} days"
+                           + ("" if good else " (Cosmos DB for PostgreSQL needs 90)")))
+    return out
+
+
+def _key_findings(app: Keysteward, current: KeyVersion, bindings: list[Binding], info: VaultInfo | None) -> list[Finding]:
+    now = app.clock.now()
+    settings = app.settings
+    key_uri = current.ref.versionless().uri
+    out: list[Finding] = []
+    if current.not_before is not None and current.not_before > now:
+        out.append(Finding("violation", key_uri, "not-before", f"current version not valid before {current.not_before}"))
+    if current.expires_on is not None:
+        if current.expires_on <= now:
+            out.append(Finding("violation", key_uri, "expiry", "current version has expired"))
+        elif current.expires_on <= now + settings.expiry_margin:
+            out.append(Finding("violation", key_uri, "expiry", f"current version expires {current.expires_on}"))
+    if not current.enabled:
+        out.append(Finding("violation", key_uri, "enabled", "current version is disabled"))
+    for b in bindings:
+        rid = b.resource_id
+        if current.key_type is not None and current.key_type not in ACCEPTED_KEY_TYPES:
+            out.append(Finding("violation", rid, "key-type", f"key type {current.key_type} is not RSA"))
+        if current.key_size is not None:
+            if not settings.accepts_size(b.service, current.key_size):
+                sizes = ", ".join(str(s) for s in sorted(settings.key_sizes.get(b.service, frozenset())))
+                out.append(Finding("violation", rid, "key-size",
+                                   f"RSA {current.key_size} is not accepted by {b.service.value} (accepts {sizes})"))
+            else:
+                from shared.config import RECOMMENDED_MIN_KEY_SIZE  # noqa: PLC0415
+
+                want = RECOMMENDED_MIN_KEY_SIZE.get(b.service)
+                if want and current.key_size < want:
+                    out.append(Finding("warning", rid, "key-size",
+                                       f"RSA {current.key_size}: {b.service.value} recommends {want} or more"))
+        if info is not None:
+            if b.service is ServiceType.KUSTO and b.location and info.location and (
+                b.location.lower().replace(" ", "") != info.location
+            ):
+                out.append(Finding("violation", rid, "region",
+                                   f"cluster in {b.location}, vault in {info.location}: ADX needs the same region"))
+            needed = ENERGY_PERMISSIONS if b.service is ServiceType.ENERGY else CMK_PERMISSIONS
+            if info.rbac:
+                out.append(Finding("warning", rid, "access", "RBAC: not verifiable (vault uses Azure RBAC)"))
+            elif b.principal_id is None:
+                out.append(Finding("warning", rid, "access", "identity not known (first-party or missing identity)"))
+            elif not info.grants(b.principal_id, needed):
+                out.append(Finding("violation", rid, "access",
+                                   f"identity {b.principal_id} lacks {'/'.join(needed)} on the vault"))
+    if managed_max_age(current.ref.versionless(), current, settings) is not None:
+        policy = app.keys.rotation_policy(current.ref.versionless())
+        if not policy:
+            out.append(Finding("warning", key_uri, "rotation-policy",
+                               "keysteward rotates this key but it has no Key Vault rotation policy "
+                               "(expiry time for new versions is not set)"))
+    return out
+
+
+def run_check(app: Keysteward) -> dict[str, Any]:
+    """Every finding, and ``ok`` False when any is a violation."""
+    bindings = [b for b in app.all_bindings() if app.in_scope(b.key)]
+    grouped = by_key(bindings)
+    vaults = find_vaults(app.clients, app.settings.subscriptions, app.settings.vaults) if app.clients else {}
+    findings: list[Finding] = []
+    for vault_url in app.settings.vaults:
+        findings.extend(_vault_findings(vault_url, vaults.get(vault_url),
+                                        [b for b in bindings if b.key.vault_url == vault_url]))
+    for group in grouped.values():
+        key = group[0].key
+        try:
+            current = app.keys.current(key)
+        except KeystewardError as err:
+            findings.append(Finding("violation", key.uri, "key", f"cannot read key: {err}"))
+            continue
+        findings.extend(_key_findings(app, current, group, vaults.get(key.vault_url)))
+    return {
+        "ok": not any(f.level == "violation" for f in findings),
+        "violations": sum(1 for f in findings if f.level == "violation"),
+        "warnings": sum(1 for f in findings if f.level == "warning"),
+        "findings": [f.as_dict() for f in findings],
+    }
+
+
+def check_lines(doc: dict[str, Any]) -> list[str]:
+    lines = [f"{'OK' if doc['ok'] else 'PROBLEMS'}: {doc['violations']} violation(s), {doc['warnings']} warning(s)"]
+    for f in doc["findings"]:
+        if f["level"] != "ok":
+            lines.append(f"  {f['level']:<9} {f['check']:<24} {f['scope']}: {f['message']}")
+    return lines

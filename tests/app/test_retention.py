@@ -1,0 +1,235 @@
+"""The retention guard against the sandbox, moving its clock."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from azure.core.rest import HttpRequest
+from azure.mgmt.core import ARMPipelineClient
+from azure.core.pipeline.policies import BearerTokenCredentialPolicy
+
+import functions._root as root
+from functions.schedules import reconcile_schedule
+from sandbox.transport import SandboxTransport, StaticTokenCredential
+from sandbox.world import World
+from shared.cli import main as cli_main
+from shared.retention import (
+    REVOKED_BY_TAG,
+    RetentionRefused,
+    disable_version,
+    key_status,
+    maintenance_pass,
+)
+from shared.model import KeyRef
+from tests.app.estate import LOCATION, RG, Estate, grant, make_cluster, make_estate, make_vault, steward
+from tests.app.test_propagation import TimerRequest, run_queue
+
+
+def arm_put(world: World, path: str, body: dict[str, Any], api_version: str) -> dict[str, Any]:
+    client = ARMPipelineClient(
+        base_url="https://management.azure.com",
+        policies=[BearerTokenCredentialPolicy(StaticTokenCredential(), "https://management.azure.com/.default")],
+        transport=SandboxTransport(world),
+    )
+    with client:
+        response = client.send_request(HttpRequest("PUT", f"https://management.azure.com{path}",
+                                                   params={"api-version": api_version}, json=body))
+        response.read()
+        assert response.status_code in (200, 201), response.text()
+        return dict(response.json())
+
+
+def make_postgres(world: World, estate: Estate, name: str, version: str) -> str:
+    sub = estate.subs[0]
+    uai = f"/subscriptions/{sub}/resourceGroups/{RG}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/id-{name}"
+    ident = arm_put(world, uai, {"location": LOCATION}, "2023-01-31")
+    grant(world, sub, estate.vault_name, ident["properties"]["principalId"])
+    path = f"/subscriptions/{sub}/resourceGroups/{RG}/providers/Microsoft.DBforPostgreSQL/serverGroupsv2/{name}"
+    arm_put(world, path, {
+        "location": LOCATION,
+        "identity": {"type": "UserAssigned", "userAssignedIdentities": {uai: {}}},
+        "properties": {"dataencryption": {"type": "AzureKeyVault", "primaryKeyUri": f"{estate.key_uri}/{version}",
+                                          "primaryUserAssignedIdentityId": uai}},
+    }, "2020-10-05-privatepreview")
+    return path
+
+
+@pytest.fixture
+def world() -> World:
+    return World()
+
+
+def versioned(estate: Estate, version: str) -> KeyRef:
+    return KeyRef(estate.vault_url, estate.key_name, version)
+
+
+def test_old_version_refused_before_24h_and_accepted_after_when_unused(world):
+    estate = make_estate(world, clusters_per_sub=0, accounts_per_sub=0, versionless=0)
+    app, _, notifier = steward(world, estate)
+    estate.keys.rotate_key(estate.key_name)
+    world.clock.advance(timedelta(hours=23))
+    with pytest.raises(RetentionRefused) as refused:
+        disable_version(app, versioned(estate, estate.v1), reason="cleanup", ticket="T-1", caller="alice")
+    [blocker] = refused.value.verdict.blockers
+    assert blocker.kind == "retention" and blocker.time_left == timedelta(hours=1)
+    assert estate.keys.get_key(estate.key_name, estate.v1).properties.enabled
+    world.clock.advance(timedelta(hours=1, seconds=1))
+    disable_version(app, versioned(estate, estate.v1), reason="cleanup", ticket="T-1", caller="alice")
+    props = [p for p in estate.keys.list_properties_of_key_versions(estate.key_name) if p.version == estate.v1][0]
+    assert props.enabled is False
+
+
+def test_retention_setting_raises_never_lowers():
+    from shared.config import load_settings
+    from shared.errors import ConfigError
+
+    base = {"KEYSTEWARD_SUBSCRIPTIONS": "s", "KEYSTEWARD_VAULTS": "https://v.vault.azure.net"}
+    assert load_settings({**base, "KEYSTEWARD_RETENTION_HOURS": "48"}).retention == timedelta(hours=48)
+    with pytest.raises(ConfigError):
+        load_settings({**base, "KEYSTEWARD_RETENTION_HOURS": "12"})
+
+
+def test_version_pinned_by_a_cluster_is_refused_at_any_age_naming_the_cluster(world):
+    estate = make_estate(world, clusters_per_sub=1, accounts_per_sub=0, versionless=0)
+    app, _, _ = steward(world, estate)
+    estate.keys.rotate_key(estate.key_name)
+    world.clock.advance(timedelta(days=400))
+    with pytest.raises(RetentionRefused) as refused:
+        disable_version(app, versioned(estate, estate.v1), reason="r", ticket="t", caller="c")
+    pinned = [b for b in refused.value.verdict.blockers if b.kind == "pinned"]
+    assert {b.resource_id.rsplit("/", 1)[-1] for b in pinned} == {name for _, name in estate.clusters}
+    assert "adxa0010" in str(refused.value)
+
+
+def test_versionless_account_that_has_not_moved_blocks_the_version(world):
+    estate = make_estate(world, clusters_per_sub=0, accounts_per_sub=0, versionless=1)
+    app, _, _ = steward(world, estate)
+    world.service_settings.versionless_lag_s = 48 * 3600  # the account follows slowly
+    world.clock.advance(timedelta(minutes=10))  # the account reports v1 in use
+    estate.keys.rotate_key(estate.key_name)
+    world.clock.advance(timedelta(hours=25))
+    status = key_status(app, KeyRef(estate.vault_url, estate.key_name))
+    v1 = next(v for v in status["versions"] if v["version"] == estate.v1)
+    assert not v1["retention"]["mayDisable"]
+    assert [b["kind"] for b in v1["retention"]["blockers"]] == ["versionless"]
+    assert "still uses" in v1["retention"]["blockers"][0]["message"]
+    world.clock.advance(timedelta(hours=24))  # past the lag: the account moved
+    status = key_status(app, KeyRef(estate.vault_url, estate.key_name))
+    v1 = next(v for v in status["versions"] if v["version"] == estate.v1)
+    assert v1["retention"]["mayDisable"], v1["retention"]
+
+
+def test_postgres_version_is_protected_forever_and_reported(world):
+    estate = make_estate(world, clusters_per_sub=0, accounts_per_sub=0, versionless=0)
+    app, _, _ = steward(world, estate)
+    make_postgres(world, estate, "pgcluster", estate.v1)
+    estate.keys.rotate_key(estate.key_name)
+    world.clock.advance(timedelta(days=3650))
+    with pytest.raises(RetentionRefused) as refused:
+        disable_version(app, versioned(estate, estate.v1), reason="r", ticket="t", caller="c")
+    assert [b.kind for b in refused.value.verdict.blockers] == ["read-only"]
+    status = key_status(app, KeyRef(estate.vault_url, estate.key_name))
+    assert [b["resourceId"].rsplit("/", 1)[-1] for b in status["bindings"] if b["stuck"]] == ["pgcluster"]
+
+
+def test_sweep_retires_exactly_the_eligible_versions_and_tags_them(world):
+    estate = make_estate(world, clusters_per_sub=1, accounts_per_sub=0, versionless=0)
+    app, queue, _ = steward(world, estate)
+    kc = estate.keys
+    v2 = kc.rotate_key(estate.key_name).properties.version
+    world.clock.advance(timedelta(hours=30))
+    v3 = kc.rotate_key(estate.key_name).properties.version
+    world.clock.advance(timedelta(hours=1))
+    kc.update_key_properties(estate.key_name, v3, tags={"keysteward-retire": "true"})
+    # v1: pinned by the clusters (keysteward has not propagated yet) -> kept
+    # v2: successor v3 is 1 h old -> kept; v3: current -> kept
+    result = maintenance_pass(app)
+    assert result.retired == []
+    # propagate, then 24 h later v1 and v2 are free
+    app.reconcile_all()
+    root.install(app)
+    run_queue(queue, world)
+    root.install(None)
+    world.clock.advance(timedelta(hours=24))
+    seq = world.last_seq
+    result = maintenance_pass(app)
+    assert sorted(result.retired) == sorted(f"{estate.key_uri}/{v}" for v in (estate.v1, v2))
+    for v in (estate.v1, v2):
+        props = next(p for p in kc.list_properties_of_key_versions(estate.key_name) if p.version == v)
+        assert props.enabled is False
+        assert props.tags["keysteward-retired-by"] == result.run
+        assert "keysteward-retired-at" in props.tags
+    assert kc.get_key(estate.key_name).properties.version == v3
+    # nothing is ever deleted or purged
+    assert not [e for e in world.requests_since(seq) if e.method == "DELETE" or "purge" in e.path.lower()]
+
+
+def test_version_disabled_by_hand_within_24h_is_re_enabled_and_alerted(world):
+    estate = make_estate(world, clusters_per_sub=0, accounts_per_sub=0, versionless=0)
+    app, _, notifier = steward(world, estate)
+    kc = estate.keys
+    v2 = kc.rotate_key(estate.key_name).properties.version
+    v3 = kc.rotate_key(estate.key_name).properties.version
+    world.clock.advance(timedelta(hours=2))
+    kc.update_key_properties(estate.key_name, estate.v1, enabled=False)  # by hand, too early
+    kc.update_key_properties(estate.key_name, v2, enabled=False, tags={REVOKED_BY_TAG: "run-123"})  # by a revocation
+    root.install(app)
+    try:
+        reconcile_schedule(TimerRequest(past_due=False))
+    finally:
+        root.install(None)
+    states = {p.version: p.enabled for p in kc.list_properties_of_key_versions(estate.key_name)}
+    assert states == {estate.v1: True, v2: False, v3: True}
+    drift = [o for o in notifier.outcomes if o.kind == "VersionDrift"]
+    assert [o.subject for o in drift] == [f"{estate.key_uri}/{estate.v1}"]
+    assert drift[0].severity == "incident"
+
+
+def test_soft_deleted_key_in_use_is_recovered(world):
+    estate = make_estate(world, clusters_per_sub=1, accounts_per_sub=0, versionless=0)
+    app, _, notifier = steward(world, estate)
+    estate.keys.begin_delete_key(estate.key_name).result()
+    seq = world.last_seq
+    result = maintenance_pass(app)
+    assert result.recovered == [estate.key_uri]
+    assert estate.keys.get_key(estate.key_name).properties.version == estate.v1
+    assert [o.kind for o in notifier.outcomes] == ["KeyRecovered"]
+    assert not [e for e in world.requests_since(seq) if e.method == "DELETE"]
+
+
+def test_check_flags_missing_purge_protection_and_a_key_too_small(world, capsys):
+    estate = make_estate(world, clusters_per_sub=0, accounts_per_sub=1, versionless=0)
+    weak_url = make_vault(world, estate.subs[0], "kv-weak", purge_protection=False)
+    app, _, _ = steward(world, estate, KEYSTEWARD_VAULTS=f"{estate.vault_url},{weak_url}",
+                        KEYSTEWARD_KEY_SIZES="cosmos=3072,4096")
+    code = cli_main(["check", "--json"], app=app)
+    import json
+
+    doc = json.loads(capsys.readouterr().out)
+    assert code == 1 and not doc["ok"]
+    problems = {(f["check"], f["scope"].rsplit("/", 1)[-1]) for f in doc["findings"] if f["level"] == "violation"}
+    assert ("purge-protection", weak_url.rsplit("/", 1)[-1]) in problems
+    assert ("key-size", "cosmos-a001-0") in problems
+    assert ("purge-protection", estate.vault_url.rsplit("/", 1)[-1]) not in problems
+
+
+def test_status_cli_lists_versions_users_and_verdicts(world, capsys):
+    estate = make_estate(world, clusters_per_sub=1, accounts_per_sub=0, versionless=0)
+    app, _, _ = steward(world, estate)
+    estate.keys.rotate_key(estate.key_name)
+    assert cli_main(["status", "--key", estate.key_uri], app=app) == 0
+    out = capsys.readouterr().out
+    assert "adxa0010" not in out or "pinned" in out
+    assert f"{estate.v1}  enabled  users=2  keep" in out
+    assert "is pinned to" in out
+
+
+def test_disable_cli_refuses_with_reasons(world, capsys):
+    estate = make_estate(world, clusters_per_sub=1, accounts_per_sub=0, versionless=0)
+    app, _, _ = steward(world, estate)
+    estate.keys.rotate_key(estate.key_name)
+    code = cli_main(["disable", "--key", f"{estate.key_uri}/{estate.v1}", "--reason", "r", "--ticket", "t"], app=app)
+    assert code == 1
+    assert "refused:" in capsys.readouterr().out
