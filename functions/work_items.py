@@ -12,7 +12,7 @@ import structlog
 from functions._root import get_app
 from shared.workqueue import WorkItem
 
-bp = func.Blueprint()
+bp = func.Blueprint()  # type: ignore[no-untyped-call]  # azure-functions leaves __init__ unannotated
 log = structlog.get_logger("keysteward.work")
 
 

@@ -7,6 +7,7 @@ in one call. Listeners run after each move so the world can catch up with the ne
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -96,8 +97,6 @@ class SandboxClock:
 
 def parse_iso_duration(text: str) -> timedelta:
     """ISO-8601 duration (``PT25H``, ``P1D``, ``P1DT2H30M``, ``PT0.5S``) to a timedelta."""
-    import re
-
     m = re.fullmatch(
         r"P(?:(?P<w>\d+)W)?(?:(?P<d>\d+)D)?(?:T(?:(?P<h>\d+)H)?(?:(?P<m>\d+)M)?(?:(?P<s>\d+(?:\.\d+)?)S)?)?",
         text.strip().upper(),

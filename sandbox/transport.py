@@ -51,14 +51,14 @@ class SandboxAdapter(requests.adapters.BaseAdapter):
         super().__init__()
         self.world = world
 
-    def send(  # type: ignore[override]
+    def send(  # noqa: PLR0917 - the requests adapter signature
         self,
         request: requests.PreparedRequest,
-        stream: bool = False,
-        timeout: Any = None,
-        verify: Any = True,
-        cert: Any = None,
-        proxies: Mapping[str, str] | None = None,
+        stream: bool = False,  # noqa: ARG002
+        timeout: Any = None,  # noqa: ARG002
+        verify: Any = True,  # noqa: ARG002
+        cert: Any = None,  # noqa: ARG002
+        proxies: Mapping[str, str] | None = None,  # noqa: ARG002
     ) -> requests.Response:
         url = urlsplit(request.url or "")
         try:
@@ -70,7 +70,7 @@ class SandboxAdapter(requests.adapters.BaseAdapter):
             host=url.netloc,
             path=url.path or "/",
             query_string=url.query,
-            headers=dict(request.headers),
+            headers={k: v if isinstance(v, str) else v.decode() for k, v in request.headers.items()},
             body=_body_bytes(request.body),
             service=service,
             vault=vault,
@@ -96,14 +96,14 @@ class SandboxAdapter(requests.adapters.BaseAdapter):
         out.url = request.url or ""
         out.request = request
         out.encoding = get_encoding_from_headers(out.headers)
-        out.connection = self
+        out.connection = self  # type: ignore[assignment]  # requests types this as HTTPAdapter
         return out
 
     def close(self) -> None:
         return None
 
 
-class SandboxTransport(RequestsTransport):
+class SandboxTransport(RequestsTransport):  # type: ignore[misc]  # azure-core ships it untyped here
     """A RequestsTransport bound to the world. ``virtual_sleep`` routes waits to the sandbox clock."""
 
     def __init__(self, world: World, *, session: requests.Session | None = None, virtual_sleep: bool = True) -> None:
@@ -129,10 +129,10 @@ def sandbox_session(world: World) -> requests.Session:
 class StaticTokenCredential:
     """Hands out a fixed bearer token: the sandbox accepts any token, and so do the SDKs' pipelines."""
 
-    def __init__(self, token: str = "sandbox-token") -> None:
+    def __init__(self, token: str = "sandbox-token") -> None:  # noqa: S107 - not a secret: any token passes
         self._token = token
 
-    def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+    def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:  # noqa: ARG002 - any scope passes
         return AccessToken(self._token, int(time.time()) + 3600)
 
     def close(self) -> None:

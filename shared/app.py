@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 import structlog
 from azure.core.credentials import TokenCredential
@@ -21,9 +22,9 @@ from shared.config import Settings
 from shared.events import IgnoredEvent, KeyEventType, KeyVaultEvent
 from shared.inventory import ArmInventory, Inventory, ResourceGraphInventory, by_key, for_key
 from shared.keyvault import KeyStore, SdkKeyStore
-from shared.model import Binding, KeyRef
+from shared.model import Binding, KeyRef, ServiceType
 from shared.notify import EventGridNotifier, LogNotifier, Notifier, Outcome
-from shared.reconcile import PassResult, Reconciler
+from shared.reconcile import PassResult, Reconciler, WriteBudget
 from shared.rotation import RotationResult, Rotator
 from shared.targets import Target, build_targets
 from shared.workqueue import MAX_CONFIRM_ATTEMPTS, MemoryQueue, StorageWorkQueue, WorkItem, WorkQueue, confirm_delay
@@ -49,11 +50,12 @@ class Keysteward:
         settings: Settings,
         clock: Clock,
         keys: KeyStore,
-        targets: dict[object, Target],
+        targets: dict[ServiceType, Target],
         inventory: Inventory,
         notifier: Notifier,
         queue: WorkQueue,
         clients: ClientFactory | None = None,
+        budget: WriteBudget | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
@@ -64,8 +66,8 @@ class Keysteward:
         self.queue = queue
         self.clients = clients
         self.reconciler = Reconciler(
-            settings=settings, keys=keys, targets=targets, inventory=inventory,  # type: ignore[arg-type]
-            notifier=notifier, clock=clock,
+            settings=settings, keys=keys, targets=targets, inventory=inventory,
+            notifier=notifier, clock=clock, budget=budget,
         )
         self.rotator = Rotator(settings=settings, keys=keys, notifier=notifier, clock=clock)
         self.log = structlog.get_logger("keysteward")
@@ -178,13 +180,18 @@ def build(
     settings: Settings,
     *,
     clock: Clock | None = None,
-    transport_factory: Callable[[], HttpTransport] | None = None,
+    transport_factory: Callable[[], HttpTransport[Any, Any]] | None = None,
     credential: TokenCredential | None = None,
     notifier: Notifier | None = None,
     queue: WorkQueue | None = None,
     polling_interval: float | None = None,
+    budget: WriteBudget | None = None,
 ) -> Keysteward:
-    """Wires every dependency for ``settings``; what is passed in replaces the default."""
+    """Wires every dependency for ``settings``; what is passed in replaces the default.
+
+    ``budget`` replaces the ARM write budget built from the settings (it paces writes per
+    subscription; a benchmark passes one on the sandbox's clock).
+    """
     clients = factory_for(settings, transport_factory=transport_factory, credential=credential,
                           polling_interval=polling_interval)
     targets = build_targets(clients)
@@ -209,6 +216,7 @@ def build(
         notifier=notifier,
         queue=queue,
         clients=clients,
+        budget=budget,
     )
 
 

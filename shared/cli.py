@@ -20,7 +20,7 @@ import structlog
 
 from shared.app import Keysteward, build
 from shared.config import load_settings
-from shared.errors import KeystewardError, PermanentError, ValidationError
+from shared.errors import ConfigError, KeystewardError, PermanentError, ValidationError
 from shared.keyuri import parse_key_uri
 from shared.logs import configure
 from shared.model import KeyRef
@@ -135,7 +135,7 @@ def cmd_status(app: Keysteward, args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK
 
 
-def cmd_check(app: Keysteward, args: argparse.Namespace, out: Output) -> int:
+def cmd_check(app: Keysteward, args: argparse.Namespace, out: Output) -> int:  # noqa: ARG001 - handler signature
     from shared.preflight import check_lines, run_check  # noqa: PLC0415
 
     doc = run_check(app)
@@ -168,8 +168,9 @@ def cmd_disable(app: Keysteward, args: argparse.Namespace, out: Output) -> int:
     try:
         doc = disable_version(app, key, reason=args.reason, ticket=args.ticket, caller=os.environ.get("USER", "cli"))
     except RetentionRefused as err:
+        blockers = err.verdict.blockers
         refused = {"key": str(key), "disabled": False, "refused": True, **err.verdict.as_dict()}
-        out.emit(refused, lambda: [f"refused: {b.message}" for b in err.verdict.blockers])
+        out.emit(refused, lambda: [f"refused: {b.message}" for b in blockers])
         return EXIT_PROBLEM
     out.emit(doc, lambda: [f"{key}: disabled (run {doc['run']})"])
     return EXIT_OK
@@ -242,13 +243,20 @@ def main(argv: Sequence[str] | None = None, *, app: Keysteward | None = None,
         app = app or build(load_settings(os.environ))
         return _HANDLERS[args.command](app, args, out)
     except ValidationError as err:
-        out.emit({"error": str(err), "field": err.field}, lambda: [f"error: {err}"])
+        message, field = str(err), err.field
+        out.emit({"error": message, "field": field}, lambda: [f"error: {message}"])
+        return EXIT_USAGE
+    except ConfigError as err:
+        message = str(err)
+        out.emit({"error": message}, lambda: [f"error: {message}"])
         return EXIT_USAGE
     except PermanentError as err:
-        out.emit({"error": str(err)}, lambda: [f"error: {err}"])
-        return EXIT_USAGE if err.code == "ConfigError" or type(err).__name__ == "ConfigError" else EXIT_PROBLEM
+        message = str(err)
+        out.emit({"error": message}, lambda: [f"error: {message}"])
+        return EXIT_PROBLEM
     except KeystewardError as err:
-        out.emit({"error": str(err), "retryable": True}, lambda: [f"error (retry later): {err}"])
+        message = str(err)
+        out.emit({"error": message, "retryable": True}, lambda: [f"error (retry later): {message}"])
         return EXIT_PROBLEM
 
 

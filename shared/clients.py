@@ -30,7 +30,7 @@ ARM_SCOPES = ("https://management.azure.com/.default",)
 class StaticTokenCredential:
     """A fixed bearer token for the sandbox, which accepts any token. Never used against Azure."""
 
-    def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+    def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:  # noqa: ARG002 - any scope: the sandbox
         return AccessToken("sandbox-token", int(time.time()) + 3600)
 
 
@@ -42,7 +42,7 @@ class ClientFactory:
     arm_url: str = ARM_URL
     credential_scopes: tuple[str, ...] = ARM_SCOPES
     connection_verify: str | bool = True
-    transport_factory: Callable[[], HttpTransport] | None = None
+    transport_factory: Callable[[], HttpTransport[Any, Any]] | None = None
     polling_interval: float = 30.0
     # Sandbox vaults listen on loopback ports, so the challenge resource cannot match the host.
     verify_challenge_resource: bool = True
@@ -112,7 +112,7 @@ class ClientFactory:
         return self._mgmt()
 
 
-def factory_for(settings: Settings, *, transport_factory: Callable[[], HttpTransport] | None = None,
+def factory_for(settings: Settings, *, transport_factory: Callable[[], HttpTransport[Any, Any]] | None = None,
                 credential: TokenCredential | None = None, polling_interval: float | None = None) -> ClientFactory:
     """The composition root's client factory for these settings."""
     conn = settings.sandbox_connection

@@ -75,7 +75,8 @@ class ResourceGraphInventory:
             )
             with sdk("query Resource Graph"):
                 page = self._clients.resource_graph().resources(request)
-            yield from page.data or []
+            rows: Any = page.data
+            yield from (r for r in (rows if isinstance(rows, list) else []) if isinstance(r, dict))
             skip = page.skip_token
             if not skip:
                 return
@@ -86,13 +87,13 @@ class ResourceGraphInventory:
             service = _GRAPH_TYPES.get(str(row.get("type", "")).lower())
             binding: Binding | None = None
             if service is ServiceType.KUSTO:
-                binding = kusto_target._binding(Cluster(row))  # noqa: SLF001 - same module family
+                binding = kusto_target._binding(Cluster(row))
             elif service is ServiceType.COSMOS:
-                binding = cosmos_target._binding(DatabaseAccountGetResults(row))  # noqa: SLF001
+                binding = cosmos_target._binding(DatabaseAccountGetResults(row))
             elif service is not None:
                 target = self._targets[service]
                 if isinstance(target, ReadOnlyArmTarget):
-                    binding = target._binding(row)  # noqa: SLF001
+                    binding = target._binding(row)
             if binding is not None:
                 out.append(binding)
         return out

@@ -67,7 +67,8 @@ class KeyVersion:
 
     @property
     def version(self) -> str:
-        assert self.ref.version is not None
+        if self.ref.version is None:
+            raise ValueError("a KeyVersion always names its version")
         return self.ref.version
 
 

@@ -56,13 +56,16 @@ def _vault_findings(vault_url: str, info: VaultInfo | None, bindings: list[Bindi
     return out
 
 
-def _key_findings(app: Keysteward, current: KeyVersion, bindings: list[Binding], info: VaultInfo | None) -> list[Finding]:
+def _key_findings(
+    app: Keysteward, current: KeyVersion, bindings: list[Binding], info: VaultInfo | None
+) -> list[Finding]:
     now = app.clock.now()
     settings = app.settings
     key_uri = current.ref.versionless().uri
     out: list[Finding] = []
     if current.not_before is not None and current.not_before > now:
-        out.append(Finding("violation", key_uri, "not-before", f"current version not valid before {current.not_before}"))
+        out.append(Finding("violation", key_uri, "not-before",
+                           f"current version not valid before {current.not_before}"))
     if current.expires_on is not None:
         if current.expires_on <= now:
             out.append(Finding("violation", key_uri, "expiry", "current version has expired"))

@@ -112,9 +112,8 @@ def plan(
             if b.in_use_version in (None, target):
                 actions.append(Action(ActionKind.VERSIONLESS, b, None))
             elif current.created is not None and now - current.created >= settings.lag_alert:
-                actions.append(
-                    Action(ActionKind.LAGGING, b, None, f"still on {b.in_use_version} {now - current.created} after rotation")
-                )
+                lag = now - current.created
+                actions.append(Action(ActionKind.LAGGING, b, None, f"still on {b.in_use_version} {lag} after rotation"))
             else:
                 actions.append(Action(ActionKind.VERSIONLESS, b, None, f"moving from {b.in_use_version}"))
         elif b.pinned_version == target:
@@ -181,7 +180,7 @@ class Reconciler:
         self._clock = clock
         self._budget = budget or WriteBudget(rate_per_s=settings.arm_writes_per_s, burst=settings.arm_write_burst)
         self._log = structlog.get_logger("keysteward.reconcile")
-        self._rng = random.Random()
+        self._rng = random.Random()  # noqa: S311 - jitter for retries, not security
 
     def bindings_for(self, key: KeyRef, subscriptions: Sequence[str] | None = None) -> list[Binding]:
         return for_key(self._inventory.bindings(subscriptions or self._settings.subscriptions), key)
@@ -212,11 +211,11 @@ class Reconciler:
             if action.kind is ActionKind.IN_SYNC and action.binding.resource_id.lower() in previously:
                 result.updated.append(action.binding)
         if not dry_run:
-            self._apply(result, event_id=event_id)
+            self._apply(result)
         self._report(result, event_id=event_id, dry_run=dry_run)
         return result
 
-    def _apply(self, result: PassResult, *, event_id: str | None) -> None:
+    def _apply(self, result: PassResult) -> None:
         updates = [a for a in result.actions if a.kind is ActionKind.UPDATE]
         if not updates:
             return
@@ -232,7 +231,8 @@ class Reconciler:
     def _start_one(self, action: Action) -> UpdateStart | str:
         """Starts one update with retries on transient errors; returns the reason on failure."""
         binding, version = action.binding, action.to_version
-        assert version is not None
+        if version is None:
+            return "no target version"
         target = self._targets[binding.service]
         last = ""
         for attempt in range(MAX_START_ATTEMPTS):

@@ -312,7 +312,7 @@ def maintenance_pass(app: Keysteward, *, dry_run: bool = False, retire: bool = T
             continue  # a key listed a moment ago and gone now: nothing to protect
         except KeystewardError as err:
             result.errors.append(f"{key.uri}: {err}")
-            log.error("retention-pass-error", key=key.uri, error=str(err))
+            log.error("retention-pass-error", key=key.uri, error=str(err))  # noqa: TRY400 - expected failure class, no trace
     if result.retired or result.repaired or result.recovered or result.drift_alerts:
         log.info("retention-pass", run=result.run, retired=len(result.retired), repaired=len(result.repaired),
                  recovered=len(result.recovered), alerts=len(result.drift_alerts))

@@ -5,8 +5,9 @@ access policies. Read-only.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from shared.clients import ClientFactory
 from shared.targets.base import enum_text, resource_group_of, sdk
@@ -57,7 +58,8 @@ def find_vaults(clients: ClientFactory, subscriptions: Sequence[str], urls: Sequ
             for entry in props.access_policies or []:
                 # The generated model is a Mapping: its ``keys`` attribute is the dict method, so
                 # read the wire field.
-                keys = (entry.permissions or {}).get("keys") or []
+                wire: Mapping[str, Any] = entry.permissions or {}
+                keys = wire.get("keys") or []
                 oid = str(entry.object_id).lower()
                 perms[oid] = perms.get(oid, frozenset()) | frozenset(
                     (enum_text(k) or "").lower() for k in keys)

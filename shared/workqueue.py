@@ -7,6 +7,7 @@ with a visibility delay instead of holding a function open while operations run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections import deque
 from dataclasses import asdict, dataclass, field
@@ -73,7 +74,8 @@ class WorkItem:
 
 def confirm_delay(base: timedelta, attempt: int) -> timedelta:
     """Backoff between confirm passes: base, 2x, 4x ... capped at 10 minutes."""
-    return min(base * (2 ** max(0, attempt - 1)), timedelta(minutes=10))
+    delay: timedelta = base * (2 ** max(0, attempt - 1))
+    return min(delay, timedelta(minutes=10))
 
 
 class WorkQueue(Protocol):
@@ -108,10 +110,8 @@ class StorageWorkQueue:
     def put(self, item: WorkItem, *, delay: timedelta = timedelta(0)) -> None:
         try:
             if not self._created:
-                try:
+                with contextlib.suppress(ResourceExistsError):
                     self._client.create_queue()
-                except ResourceExistsError:
-                    pass
                 self._created = True
             self._client.send_message(item.to_json(), visibility_timeout=int(delay.total_seconds()) or None)
         except AzureError as err:

@@ -7,7 +7,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from azure.mgmt.cosmosdb.models import DatabaseAccountGetResults, DatabaseAccountUpdateParameters
+from azure.mgmt.cosmosdb.models import (
+    DatabaseAccountGetResults,
+    DatabaseAccountUpdateParameters,
+    DatabaseAccountUpdateProperties,
+)
 
 from shared.clients import ClientFactory
 from shared.errors import NotFoundError
@@ -90,7 +94,9 @@ class CosmosTarget:
         return _binding(account)
 
     def start_update(self, binding: Binding, version: str) -> UpdateStart:
-        params = DatabaseAccountUpdateParameters(key_vault_key_uri=binding.key.with_version(version).uri)
+        params = DatabaseAccountUpdateParameters(
+            properties=DatabaseAccountUpdateProperties(key_vault_key_uri=binding.key.with_version(version).uri)
+        )
         seen, hook = operation_recorder()
         with sdk(f"update Cosmos DB account {binding.name} to {version}"):
             self._clients.cosmos(binding.subscription).database_accounts.begin_update(

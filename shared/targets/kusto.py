@@ -9,12 +9,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from azure.mgmt.kusto.models import Cluster, ClusterUpdate, KeyVaultProperties
+from azure.mgmt.kusto.models import Cluster, ClusterProperties, ClusterUpdate, KeyVaultProperties
 
 from shared.clients import ClientFactory
 from shared.errors import NotFoundError
 from shared.model import Binding, KeyRef, ServiceType
-from shared.targets.base import Health, UpdateStart, enum_text, operation_recorder, resource_group_of, sdk, subscription_of
+from shared.targets.base import (
+    Health,
+    UpdateStart,
+    enum_text,
+    operation_recorder,
+    resource_group_of,
+    sdk,
+    subscription_of,
+)
 
 # Cluster states that mean "not serving"; with a key-related stateReason they mean revoked.
 _DOWN_STATES = {"unavailable", "stopped", "stopping"}
@@ -82,11 +90,13 @@ class KustoTarget:
 
     def start_update(self, binding: Binding, version: str) -> UpdateStart:
         update = ClusterUpdate(
-            key_vault_properties=KeyVaultProperties(
-                key_name=binding.key.name,
-                key_version=version,
-                key_vault_uri=binding.key.vault_url + "/",
-                user_identity=binding.user_identity,
+            properties=ClusterProperties(
+                key_vault_properties=KeyVaultProperties(
+                    key_name=binding.key.name,
+                    key_version=version,
+                    key_vault_uri=binding.key.vault_url + "/",
+                    user_identity=binding.user_identity,
+                )
             )
         )
         seen, hook = operation_recorder()

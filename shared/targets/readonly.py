@@ -57,7 +57,7 @@ class ReadOnlyArmTarget:
         self._type = resource_type
         self._api = api_version
         self._key_of = key_of
-        self._client: ARMPipelineClient | None = None
+        self._client: ARMPipelineClient[Any, Any] | None = None
 
     @classmethod
     def postgres(cls, clients: ClientFactory) -> ReadOnlyArmTarget:
@@ -69,7 +69,7 @@ class ReadOnlyArmTarget:
         return cls(clients, service=ServiceType.ENERGY, resource_type="Microsoft.OpenEnergyPlatform/energyServices",
                    api_version="2022-12-01-preview", key_of=_energy_key)
 
-    def _pipeline(self) -> ARMPipelineClient:
+    def _pipeline(self) -> ARMPipelineClient[Any, Any]:
         if self._client is None:
             kw = self._clients.arm_pipeline_kwargs()
             policies = [
@@ -145,12 +145,12 @@ class ReadOnlyArmTarget:
             return None
         return self._binding(res)
 
-    def start_update(self, binding: Binding, version: str) -> UpdateStart:
+    def start_update(self, binding: Binding, version: str) -> UpdateStart:  # noqa: ARG002 - Protocol signature
         raise PermanentError(
             f"{self.service.value} resource {binding.name}: its customer-managed key cannot be changed after creation"
         )
 
-    def health(self, binding: Binding) -> str:
+    def health(self, binding: Binding) -> str:  # noqa: ARG002 - Protocol signature
         return Health.UNKNOWN
 
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import azure.functions as func
+import pytest
 from azure.functions.queue import QueueMessage
 from azure.functions.timer import TimerRequest
-import pytest
 
 import functions._root as root
 from functions.key_events import on_key_vault_event

@@ -6,15 +6,16 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from azure.core.pipeline.policies import BearerTokenCredentialPolicy
 from azure.core.rest import HttpRequest
 from azure.mgmt.core import ARMPipelineClient
-from azure.core.pipeline.policies import BearerTokenCredentialPolicy
 
 import functions._root as root
 from functions.schedules import reconcile_schedule
 from sandbox.transport import SandboxTransport, StaticTokenCredential
 from sandbox.world import World
 from shared.cli import main as cli_main
+from shared.model import KeyRef
 from shared.retention import (
     REVOKED_BY_TAG,
     RetentionRefused,
@@ -22,8 +23,7 @@ from shared.retention import (
     key_status,
     maintenance_pass,
 )
-from shared.model import KeyRef
-from tests.app.estate import LOCATION, RG, Estate, grant, make_cluster, make_estate, make_vault, steward
+from tests.app.estate import LOCATION, RG, Estate, grant, make_estate, make_vault, steward
 from tests.app.test_propagation import TimerRequest, run_queue
 
 
