@@ -101,7 +101,7 @@ class World:
     # ---- the request pipeline -------------------------------------------------------------
     def classify(self, host: str) -> tuple[str, str | None]:
         """Front door for a host name: (service, vault name or None)."""
-        bare = host.split(":")[0].lower()
+        bare = host.split(":", maxsplit=1)[0].lower()
         if bare == ARM_HOST:
             return Service.ARM, None
         if bare == ADMIN_HOST:

@@ -15,7 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 ACCOUNT = "devstoreaccount1"
 # Azurite's well-known development key (public, documented); not a secret.
-ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="  # noqa: S105
+ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ def running_azurite() -> Iterator[tuple[Azurite, subprocess.Popen[bytes]]]:
         raise RuntimeError("Azurite is not installed: run `npm install` in the project folder")
     ports = Azurite(_free_port(), _free_port(), _free_port())
     workdir = tempfile.mkdtemp(prefix="azurite-")  # debug log and any extent files
-    proc = subprocess.Popen(  # noqa: S603 - fixed local binary, arguments built here
+    proc = subprocess.Popen(
         [
             binary, "--silent", "--inMemoryPersistence", "--skipApiVersionCheck", "--loose",
             "--blobHost", "127.0.0.1", "--blobPort", str(ports.blob_port),
