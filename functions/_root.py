@@ -10,6 +10,7 @@ import threading
 
 from shared.app import Keysteward, build
 from shared.config import load_settings
+from shared.errors import ConfigError
 from shared.logs import configure
 
 _lock = threading.Lock()
@@ -21,7 +22,11 @@ def get_app() -> Keysteward:
     with _lock:
         if _app is None:
             configure()
-            _app = build(load_settings(os.environ))
+            settings = load_settings(os.environ)
+            if settings.storage_connection is None:
+                # Without it the fan-out and confirm passes would have nowhere to go.
+                raise ConfigError("AzureWebJobsStorage is required by the Functions app (queues and the run journal)")
+            _app = build(settings)
         return _app
 
 

@@ -25,6 +25,9 @@ from shared.keyuri import parse_key_uri
 from shared.logs import configure
 from shared.model import KeyRef
 from shared.reconcile import ActionKind, PassResult
+from shared.workqueue import MemoryQueue
+from shared.runbooks_cli import HANDLERS as RUNBOOK_HANDLERS
+from shared.runbooks_cli import add_commands as add_runbook_commands
 
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
 
@@ -204,6 +207,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--key", required=True, help="versioned key URI")
     sp.add_argument("--reason", required=True)
     sp.add_argument("--ticket", required=True)
+    add_runbook_commands(add)
     sp = sub.add_parser("serve", help="run the app on the local development host (python -m sandbox.host)")
     sp.add_argument("rest", nargs=argparse.REMAINDER, help="host options, e.g. --port 7071")
     return p
@@ -217,6 +221,7 @@ _HANDLERS: dict[str, Callable[[Keysteward, argparse.Namespace, Output], int]] = 
     "check": cmd_check,
     "retire": cmd_retire,
     "disable": cmd_disable,
+    **RUNBOOK_HANDLERS,
 }
 
 
@@ -240,7 +245,8 @@ def main(argv: Sequence[str] | None = None, *, app: Keysteward | None = None,
     try:
         if args.settings:
             _load_local_settings(args.settings)
-        app = app or build(load_settings(os.environ))
+        # The CLI confirms its own updates in-process: its follow-ups never go to the Functions queue.
+        app = app or build(load_settings(os.environ), queue=MemoryQueue())
         return _HANDLERS[args.command](app, args, out)
     except ValidationError as err:
         message, field = str(err), err.field
