@@ -26,11 +26,24 @@ bench:
 soak:
 	KEYSTEWARD_SOAK_SEEDS=$${KEYSTEWARD_SOAK_SEEDS:-2000} $(PYTEST) tests/soak -q
 
-run:
-	bash scripts/run.sh
+# `make run` / `make demo` work on a fresh machine with Python 3.11 and Node: they create .venv.
+VENV ?= .venv
+VPY = $(VENV)/bin/python
 
-demo:
-	bash scripts/demo.sh
+$(VPY): requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q -r requirements-dev.txt
+	$(VPY) -m pip install -q --no-deps -e .
+	touch $(VPY)
+
+node_modules/.bin/azurite: package.json
+	npm install --no-audit --no-fund --silent
+
+run: $(VPY) node_modules/.bin/azurite
+	$(VPY) -m scripts.stack run
+
+demo: $(VPY) node_modules/.bin/azurite
+	$(VPY) -m scripts.demo
 
 clean:
 	rm -rf .run .azurite .mypy_cache .ruff_cache .pytest_cache

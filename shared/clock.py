@@ -41,10 +41,11 @@ class RemoteSandboxClock:
 
         self._url = admin_url.rstrip("/") + "/sandbox/clock"
         self._session = requests.Session()
-        self._session.verify = ca_bundle
+        # Per request: a session-level verify loses to REQUESTS_CA_BUNDLE in the environment.
+        self._ca = ca_bundle
 
     def now(self) -> datetime:
-        response = self._session.get(self._url, timeout=10)
+        response = self._session.get(self._url, timeout=10, verify=self._ca)
         response.raise_for_status()
         return datetime.fromisoformat(str(response.json()["now"]).replace("Z", "+00:00"))
 

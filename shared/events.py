@@ -160,13 +160,49 @@ def _fold(name: str) -> str | None:
 # --- the data object -------------------------------------------------------------------
 
 
-def _decode_json_object(text: str | bytes, *, what: str, event_id: str | None) -> dict[str, object]:
-    """Parses a JSON text that must hold one object; ``MalformedEvent`` otherwise."""
-    if len(text) > MAX_DATA_BYTES:
+def _same(a: object, b: object) -> bool:
+    """Equality of two field values; a comparison that cannot be answered (nesting deeper
+    than the recursion limit, values whose ``==`` raises) counts as a difference."""
+    try:
+        return bool(a == b)
+    except (RecursionError, ValueError, TypeError):
+        return False
+
+
+class _DuplicateNameError(ValueError):
+    """A JSON object names the same field twice with different values."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+def _unique_object(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """``json`` object hook: the last of equal duplicates wins, unequal ones are refused
+    (two parsers could otherwise read two different events from one text)."""
+    obj: dict[str, object] = {}
+    for name, value in pairs:
+        if name in obj and not _same(obj[name], value):
+            raise _DuplicateNameError(name)
+        obj[name] = value
+    return obj
+
+
+def _decode_json_object(
+    raw: str | bytes | bytearray | memoryview, *, what: str, event_id: str | None
+) -> dict[str, object]:
+    """Parses a JSON text (``str`` or UTF-8 bytes) that must hold one object.
+
+    Raises ``MalformedEvent`` when it is too large, not UTF-8, not JSON (NaN and Infinity
+    included), has a field twice with different values, or is not an object.
+    """
+    if len(raw) > MAX_DATA_BYTES:
         raise MalformedEvent(f"{what} is larger than {MAX_DATA_BYTES // 1024} KiB", event_id=event_id)
-    if isinstance(text, bytes):
+    if isinstance(raw, str):
+        text = raw
+    else:
         try:
-            text = text.decode("utf-8")
+            text = bytes(raw).decode("utf-8")
         except UnicodeDecodeError:
             raise MalformedEvent(f"{what} is not valid UTF-8", event_id=event_id) from None
 
@@ -174,7 +210,11 @@ def _decode_json_object(text: str | bytes, *, what: str, event_id: str | None) -
         raise ValueError(f"{name} is not a JSON number")
 
     try:
-        loaded: object = json.loads(text, parse_constant=no_constants)
+        loaded: object = json.loads(text, parse_constant=no_constants, object_pairs_hook=_unique_object)
+    except _DuplicateNameError as err:
+        raise MalformedEvent(
+            f"{what} has field {_clip(err.name)} twice with different values", event_id=event_id
+        ) from None
     except (ValueError, RecursionError) as err:
         # ValueError covers JSONDecodeError and over-long integers; RecursionError very
         # deep nesting. Neither message is quoted: it can contain the input.
@@ -187,8 +227,7 @@ def _decode_json_object(text: str | bytes, *, what: str, event_id: str | None) -
 def _fields(data: object, *, event_id: str | None) -> dict[str, object]:
     """The data object as ``{folded name: value}``; duplicate names must agree."""
     if isinstance(data, str | bytes | bytearray | memoryview):
-        raw = bytes(data) if isinstance(data, bytearray | memoryview) else data
-        data = _decode_json_object(raw, what="data", event_id=event_id)
+        data = _decode_json_object(data, what="data", event_id=event_id)
     if not isinstance(data, Mapping):
         raise MalformedEvent(f"data must be an object, got {_type_name(data)}", event_id=event_id)
     if len(data) > MAX_DATA_FIELDS:
@@ -200,10 +239,8 @@ def _fields(data: object, *, event_id: str | None) -> dict[str, object]:
         folded = _fold(name)
         if folded is None:
             continue  # unknown field: ignored, as Event Grid asks of consumers
-        if folded in fields and fields[folded] != value:
-            raise MalformedEvent(
-                f"data field {folded!r} appears twice with different values", event_id=event_id
-            )
+        if folded in fields and not _same(fields[folded], value):
+            raise MalformedEvent(f"data field {folded!r} appears twice with different values", event_id=event_id)
         fields[folded] = value
     return fields
 
@@ -214,13 +251,9 @@ def _text_field(fields: Mapping[str, object], name: str, *, event_id: str | None
     if value is None:
         return None
     if not isinstance(value, str):
-        raise MalformedEvent(
-            f"data field {name} must be a string, got {_type_name(value)}", event_id=event_id
-        )
+        raise MalformedEvent(f"data field {name} must be a string, got {_type_name(value)}", event_id=event_id)
     if len(value) > MAX_FIELD_LENGTH:
-        raise MalformedEvent(
-            f"data field {name} is longer than {MAX_FIELD_LENGTH} characters", event_id=event_id
-        )
+        raise MalformedEvent(f"data field {name} is longer than {MAX_FIELD_LENGTH} characters", event_id=event_id)
     return value.strip(_WHITESPACE) or None
 
 
@@ -248,14 +281,10 @@ def _timestamp(fields: Mapping[str, object], name: str, *, event_id: str | None)
         if not text:
             return None
         if not _NUMERIC_TEXT.fullmatch(text):
-            raise MalformedEvent(
-                f"data field {name} must be seconds since 1970, got {_clip(text)}", event_id=event_id
-            )
+            raise MalformedEvent(f"data field {name} must be seconds since 1970, got {_clip(text)}", event_id=event_id)
         seconds = float(text) if "." in text else int(text)
     else:
-        raise MalformedEvent(
-            f"data field {name} must be a number, got {_type_name(value)}", event_id=event_id
-        )
+        raise MalformedEvent(f"data field {name} must be a number, got {_type_name(value)}", event_id=event_id)
     # `not (0 <= x <= MAX)` is also true for NaN.
     if not 0 <= seconds <= MAX_TIMESTAMP:
         raise MalformedEvent(
@@ -302,9 +331,7 @@ def _event_time(value: object, *, event_id: str | None) -> datetime | None:
         tz = timezone(-offset if sign == "-" else offset)
     micros = int((fraction or "0").ljust(6, "0")[:6])
     try:
-        parsed = datetime(
-            int(year), int(month), int(day), int(hour), int(minute), int(second), micros, tzinfo=tz
-        )
+        parsed = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second), micros, tzinfo=tz)
         return parsed.astimezone(UTC)
     except (ValueError, OverflowError):
         raise MalformedEvent(f"event time {_clip(text)} is not a valid date", event_id=event_id) from None
@@ -417,9 +444,7 @@ def parse_event(
         return kind
     if eid is None:
         if isinstance(event_id, str) and event_id.strip(_WHITESPACE):
-            raise MalformedEvent(
-                f"event id must be at most {MAX_EVENT_ID_LENGTH} printable characters", event_id=None
-            )
+            raise MalformedEvent(f"event id must be at most {MAX_EVENT_ID_LENGTH} printable characters", event_id=None)
         raise MalformedEvent(f"event id must be a non-empty string, got {_type_name(event_id)}")
 
     source_text = _envelope_text(source, "source", MAX_SOURCE_LENGTH, event_id=eid)
@@ -440,9 +465,7 @@ def parse_event(
 
     version = _text_field(fields, "Version", event_id=eid)
     if version is not None and version.lower() != key.version:
-        raise MalformedEvent(
-            f"data field Version {_clip(version)} does not match the version in Id", event_id=eid
-        )
+        raise MalformedEvent(f"data field Version {_clip(version)} does not match the version in Id", event_id=eid)
     object_name = _text_field(fields, "ObjectName", event_id=eid)
     if object_name is not None and object_name.lower() != key.name.lower():
         raise MalformedEvent(
@@ -458,8 +481,7 @@ def parse_event(
     names = {n.lower() for n in (vault_name, host_vault, source_vault) if n is not None}
     if len(names) > 1:
         raise MalformedEvent(
-            "vault names disagree between data VaultName, the Id host and source: "
-            + ", ".join(sorted(names)),
+            "vault names disagree between data VaultName, the Id host and source: " + ", ".join(sorted(names)),
             event_id=eid,
         )
 
@@ -495,8 +517,7 @@ def parse_payload(obj: object) -> KeyVaultEvent | IgnoredEvent:
     Returns and raises as :func:`parse_event`, which it calls.
     """
     if isinstance(obj, str | bytes | bytearray | memoryview):
-        raw = bytes(obj) if isinstance(obj, bytearray | memoryview) else obj
-        obj = _decode_json_object(raw, what="event", event_id=None)
+        obj = _decode_json_object(obj, what="event", event_id=None)
     if not isinstance(obj, Mapping):
         raise MalformedEvent(f"an event must be a JSON object, got {_type_name(obj)}")
     if len(obj) > MAX_DATA_FIELDS:
@@ -506,7 +527,7 @@ def parse_payload(obj: object) -> KeyVaultEvent | IgnoredEvent:
         folded = _fold(name) if isinstance(name, str) else None
         if folded is None:
             continue
-        if folded in top and top[folded] != value:
+        if folded in top and not _same(top[folded], value):
             raise MalformedEvent(f"top-level field {folded!r} appears twice with different values")
         top[folded] = value
 

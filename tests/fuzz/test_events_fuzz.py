@@ -13,6 +13,7 @@ import json
 import string
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
+from random import Random
 from typing import Any
 
 from hypothesis import HealthCheck, Phase, given, settings
@@ -42,27 +43,28 @@ def fuzz(examples: int) -> settings:
 
 
 # ---- spelling variants ------------------------------------------------------------------
+# Cosmetic variation (letter case, stray whitespace) comes from one seeded Random per
+# example: a failure still replays from its seed, and generation stays fast. Values that
+# matter (names, versions, timestamps) are Hypothesis draws, so they shrink.
 
 HEX = "0123456789abcdef"
-WHITESPACE = st.sampled_from(["", "", "", " ", "  ", "\t", "\n", " \t\r\n"])
+PADDING = ["", "", "", " ", "  ", "\t", "\n", " \t\r\n"]
+cosmetics = st.randoms(use_true_random=True)
 
 
-@st.composite
-def random_case(draw: st.DrawFn, text: str) -> str:
-    """``text`` with any subset of its letters' case swapped (one draw: a bit mask)."""
-    mask = draw(st.integers(0, 2 ** len(text) - 1))
+def random_case(rnd: Random, text: str) -> str:
+    """``text`` with any subset of its letters' case swapped."""
+    mask = rnd.getrandbits(len(text)) if text else 0
     return "".join(c.swapcase() if mask >> i & 1 else c for i, c in enumerate(text))
 
 
-@st.composite
-def spelled(draw: st.DrawFn, name: str) -> str:
+def padded(rnd: Random, value: str) -> str:
+    return rnd.choice(PADDING) + value + rnd.choice(PADDING)
+
+
+def spelled(rnd: Random, name: str) -> str:
     """A field name as some sender might write it: any case, stray whitespace around it."""
-    return draw(WHITESPACE) + draw(random_case(name)) + draw(WHITESPACE)
-
-
-@st.composite
-def padded(draw: st.DrawFn, value: str) -> str:
-    return draw(WHITESPACE) + value + draw(WHITESPACE)
+    return padded(rnd, random_case(rnd, name))
 
 
 # ---- valid events -----------------------------------------------------------------------
@@ -92,6 +94,7 @@ class Timestamp:
 
 @st.composite
 def timestamp(draw: st.DrawFn) -> Timestamp:
+    rnd = draw(cosmetics)
     epoch = datetime(1970, 1, 1, tzinfo=UTC)
     kind = draw(st.sampled_from(["absent", "null", "empty", "int", "float", "str", "str-frac"]))
     if kind == "absent":
@@ -99,12 +102,12 @@ def timestamp(draw: st.DrawFn) -> Timestamp:
     if kind == "null":
         return Timestamp(None, present=True, expected=None)
     if kind == "empty":
-        return Timestamp(draw(WHITESPACE), present=True, expected=None)
+        return Timestamp(rnd.choice(PADDING), present=True, expected=None)
     whole = draw(seconds)
     if kind == "int":
         return Timestamp(whole, present=True, expected=epoch + timedelta(seconds=whole))
     if kind == "str":
-        return Timestamp(draw(padded(str(whole))), present=True, expected=epoch + timedelta(seconds=whole))
+        return Timestamp(padded(rnd, str(whole)), present=True, expected=epoch + timedelta(seconds=whole))
     millis = draw(st.integers(0, 999))
     if whole == MAX_TIMESTAMP:
         millis = 0
@@ -112,7 +115,7 @@ def timestamp(draw: st.DrawFn) -> Timestamp:
     if kind == "float":
         return Timestamp(value, present=True, expected=epoch + timedelta(seconds=value))
     text = f"{whole}.{millis:03d}"
-    return Timestamp(draw(padded(text)), present=True, expected=epoch + timedelta(seconds=float(text)))
+    return Timestamp(padded(rnd, text), present=True, expected=epoch + timedelta(seconds=float(text)))
 
 
 @st.composite
@@ -137,7 +140,7 @@ def event_time(draw: st.DrawFn) -> tuple[object, datetime | None]:
         sign = "-" if minutes < 0 else "+"
         hours, mins = divmod(abs(minutes), 60)
         text += f"{sign}{hours:02d}{draw(st.sampled_from([':', '']))}{mins:02d}"
-    return draw(padded(text)), expected
+    return padded(draw(cosmetics), text), expected
 
 
 @dataclass(frozen=True)
@@ -149,6 +152,7 @@ class Generated:
 
 @st.composite
 def valid_event(draw: st.DrawFn) -> Generated:
+    rnd = draw(cosmetics)
     kind = draw(st.sampled_from(list(KeyEventType)))
     vault = draw(vault_name)
     name = draw(key_name)
@@ -158,34 +162,36 @@ def valid_event(draw: st.DrawFn) -> Generated:
     rg = draw(resource_group)
     loopback_port = draw(st.one_of(st.none(), st.integers(1024, 65535)))
     if loopback_port is None:
-        host = draw(random_case(f"{vault}.vault.azure.net")) + draw(st.sampled_from(["", ":443"]))
+        host = random_case(rnd, f"{vault}.vault.azure.net") + draw(st.sampled_from(["", ":443"]))
         vault_url = f"https://{vault}.vault.azure.net"
     else:
         host = f"127.0.0.1:{loopback_port}"
         vault_url = f"https://127.0.0.1:{loopback_port}"
-    key_id = f"https://{host}/keys/{name}/{draw(random_case(ver))}"
+    key_id = f"https://{host}/keys/{name}/{random_case(rnd, ver)}"
     source = f"/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.KeyVault/vaults/{vault}"
-    spelling = draw(st.sampled_from([str, str.lower, str.upper]))
-    source = spelling(source)
-    rg = spelling(rg)
+    spelling = draw(st.sampled_from(["as written", "lower", "upper"]))
+    if spelling == "lower":
+        source, rg = source.lower(), rg.lower()
+    elif spelling == "upper":  # ARM ids are case-insensitive
+        source, rg = source.upper(), rg.upper()
     with_source = draw(st.booleans())
     nbf, exp = draw(timestamp()), draw(timestamp())
     sent_time, expected_time = draw(event_time())
 
     # Data: Id always; the rest present or not, spelled any way, values padded.
-    data: dict[str, object] = {draw(spelled("Id")): draw(padded(key_id))}
+    data: dict[str, object] = {spelled(rnd, "Id"): padded(rnd, key_id)}
     optional = {
-        "VaultName": draw(padded(draw(random_case(vault)))),
-        "ObjectType": draw(padded(draw(random_case("Key")))),
-        "ObjectName": draw(padded(name)),
-        "Version": draw(padded(draw(random_case(ver)))),
+        "VaultName": padded(rnd, random_case(rnd, vault)),
+        "ObjectType": padded(rnd, random_case(rnd, "Key")),
+        "ObjectName": padded(rnd, name),
+        "Version": padded(rnd, random_case(rnd, ver)),
     }
     for field_name, value in optional.items():
         if draw(st.booleans()):
-            data[draw(spelled(field_name))] = value
+            data[spelled(rnd, field_name)] = value
     for field_name, ts in (("NBF", nbf), ("EXP", exp)):
         if ts.present:
-            data[draw(spelled(field_name))] = ts.raw
+            data[spelled(rnd, field_name)] = ts.raw
     if draw(st.booleans()):
         data[draw(st.sampled_from(["extra", "Tags", "somethingNew"]))] = draw(
             st.one_of(st.none(), st.integers(), st.text(max_size=10))
@@ -200,7 +206,7 @@ def valid_event(draw: st.DrawFn) -> Generated:
     # VaultName absent on a loopback host and no source: the name comes from the host.
     has_vault_name = any(k.strip().lower() == "vaultname" for k in data)
     fallback = vault if (loopback_port is None or has_vault_name or with_source) else "127"
-    type_text = draw(padded(draw(random_case(kind.value))))
+    type_text = padded(rnd, random_case(rnd, kind.value))
     expected = KeyVaultEvent(
         event_id=eid,
         event_type=kind,
@@ -214,7 +220,7 @@ def valid_event(draw: st.DrawFn) -> Generated:
         resource_group=rg if with_source else None,
     )
     fields: dict[str, object] = {
-        "event_id": draw(padded(eid)),
+        "event_id": padded(rnd, eid),
         "event_type": type_text,
         "data": encoded,
         "source": source if with_source else None,
@@ -223,37 +229,28 @@ def valid_event(draw: st.DrawFn) -> Generated:
     }
     if draw(st.booleans()):
         names = {"id": "id", "type": "eventType", "source": "topic", "time": "eventTime"}
-        payload: dict[str, object] = {draw(spelled("dataVersion")): "1", draw(spelled("metadataVersion")): "1"}
+        payload: dict[str, object] = {spelled(rnd, "dataVersion"): "1", spelled(rnd, "metadataVersion"): "1"}
     else:
         names = {"id": "id", "type": "type", "source": "source", "time": "time"}
-        payload = {draw(spelled("specversion")): "1.0"}
-    payload[draw(spelled(names["id"]))] = fields["event_id"]
-    payload[draw(spelled(names["type"]))] = type_text
-    payload[draw(spelled("data"))] = encoded
+        payload = {spelled(rnd, "specversion"): "1.0"}
+    payload[spelled(rnd, names["id"])] = fields["event_id"]
+    payload[spelled(rnd, names["type"])] = type_text
+    payload[spelled(rnd, "data")] = encoded
     if with_source:
-        payload[draw(spelled(names["source"]))] = source
+        payload[spelled(rnd, names["source"])] = source
     if fields["subject"] is not None:
-        payload[draw(spelled("subject"))] = fields["subject"]
-    if isinstance(sent_time, str):  # a raw payload carries text, not datetime objects
-        payload[draw(spelled(names["time"]))] = sent_time
-    elif sent_time is None:
-        pass
-    else:
-        fields["event_time"] = None
-        expected = _replace_time(expected)
+        payload[spelled(rnd, "subject")] = fields["subject"]
+    if sent_time is not None:
+        # The trigger may hand a datetime; a raw payload always carries text.
+        as_text = sent_time.isoformat() if isinstance(sent_time, datetime) else sent_time
+        payload[spelled(rnd, names["time"])] = as_text
     return Generated(payload, fields, expected)
 
 
-def _replace_time(event: KeyVaultEvent) -> KeyVaultEvent:
-    from dataclasses import replace
-
-    return replace(event, event_time=None)
-
-
-@fuzz(1000)
+@fuzz(800)
 @given(valid_event())
 def test_valid_events_parse_to_the_fields_they_were_built_from(gen: Generated) -> None:
-    assert parse_event(**gen.fields) == gen.expected  # type: ignore[arg-type]
+    assert parse_event(**gen.fields) == gen.expected
     assert parse_payload(gen.payload) == gen.expected
     assert parse_payload(to_json(gen.payload)) == gen.expected
 
@@ -291,9 +288,10 @@ plausible_type = st.one_of(
 @st.composite
 def plausible_data(draw: st.DrawFn) -> object:
     """A data object with the right names and arbitrary values (reaches the deep checks)."""
+    rnd = draw(cosmetics)
     data: dict[str, object] = {}
     for name in draw(st.lists(st.sampled_from(DATA_NAMES), max_size=8)):
-        data[draw(spelled(name))] = draw(
+        data[spelled(rnd, name)] = draw(
             st.one_of(
                 json_like,
                 st.builds(lambda v, n: f"https://{v}.vault.azure.net/keys/{n}/" + "a" * 32, vault_name, key_name),
@@ -304,6 +302,7 @@ def plausible_data(draw: st.DrawFn) -> object:
 
 @st.composite
 def plausible_payload(draw: st.DrawFn) -> object:
+    rnd = draw(cosmetics)
     payload: dict[str, object] = {}
     for name in draw(st.lists(st.sampled_from(TOP_NAMES), max_size=10)):
         if name in ("eventType", "type"):
@@ -314,7 +313,7 @@ def plausible_payload(draw: st.DrawFn) -> object:
             value = draw(st.one_of(st.just("1.0"), json_like))
         else:
             value = draw(json_like)
-        payload[draw(spelled(name))] = value
+        payload[spelled(rnd, name)] = value
     return payload
 
 
@@ -335,7 +334,7 @@ def outcome(call: Any) -> KeyVaultEvent | IgnoredEvent | MalformedEvent:
     return result
 
 
-@fuzz(1000)
+@fuzz(800)
 @given(st.one_of(plausible_payload(), json_like, st.text(max_size=200), st.binary(max_size=200)))
 def test_any_payload_parses_is_ignored_or_is_malformed(payload: object) -> None:
     outcome(lambda: parse_payload(payload))
@@ -343,7 +342,7 @@ def test_any_payload_parses_is_ignored_or_is_malformed(payload: object) -> None:
         outcome(lambda: parse_payload(to_json(payload)))
 
 
-@fuzz(600)
+@fuzz(500)
 @given(
     st.one_of(event_id, json_like),
     plausible_type,
@@ -362,7 +361,7 @@ def test_any_trigger_fields_parse_are_ignored_or_are_malformed(
     )
 
 
-@fuzz(600)
+@fuzz(500)
 @given(valid_event(), st.sampled_from([*DATA_NAMES, "Extra"]), st.one_of(json_like, st.text(max_size=300)))
 def test_one_corrupted_data_field_parses_or_is_malformed(gen: Generated, name: str, value: object) -> None:
     data = gen.payload
@@ -378,7 +377,7 @@ def test_one_corrupted_data_field_parses_or_is_malformed(gen: Generated, name: s
         assert result.key == gen.expected.key
 
 
-@fuzz(400)
+@fuzz(300)
 @given(valid_event(), st.integers(0, 10_000), st.booleans())
 def test_truncated_json_is_malformed(gen: Generated, cut: int, as_bytes: bool) -> None:
     text = to_json(gen.payload)
@@ -398,7 +397,7 @@ huge_text = st.builds(
 unicode_text = st.text(st.characters(min_codepoint=0x80), min_size=1, max_size=50)
 
 
-@fuzz(300)
+@fuzz(200)
 @given(
     valid_event(),
     st.sampled_from(["event_id", "event_type", "source", "subject", "event_time", "Id", "VaultName", "NBF"]),
@@ -413,14 +412,14 @@ def test_huge_and_unicode_values_parse_are_ignored_or_are_malformed(gen: Generat
         parsed = json.loads(data) if isinstance(data, str | bytes) else dict(data)  # type: ignore[call-overload]
         parsed[where] = value
         fields["data"] = parsed
-    result = outcome(lambda: parse_event(**fields))  # type: ignore[arg-type]
+    result = outcome(lambda: parse_event(**fields))
     if isinstance(result, KeyVaultEvent):
         # Only whitespace-free, printable values of sane size can have been accepted.
         assert len(result.event_id) <= 512
         assert len(result.source) <= 1024
 
 
-@fuzz(300)
+@fuzz(200)
 @given(st.text(string.printable, max_size=400), st.sampled_from(list(KeyEventType)))
 def test_arbitrary_text_as_data_is_malformed_unless_it_is_a_key_object(text: str, kind: KeyEventType) -> None:
     outcome(lambda: parse_event(event_id="e", event_type=kind.value, data=text))

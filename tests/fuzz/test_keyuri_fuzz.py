@@ -109,7 +109,7 @@ def rejected(text: object, **kwargs: object) -> bool:
 # ---- valid URIs -------------------------------------------------------------------------
 
 
-@fuzz(1000)
+@fuzz(800)
 @given(valid_key_uri())
 def test_valid_uris_parse_to_their_parts_and_round_trip(parts: Parts) -> None:
     ref = parse_key_uri(parts.text, allowed_vaults=None)
@@ -122,7 +122,7 @@ def test_valid_uris_parse_to_their_parts_and_round_trip(parts: Parts) -> None:
     assert rejected(parts.text, require_version=not require)
 
 
-@fuzz(400)
+@fuzz(300)
 @given(valid_key_uri(), valid_key_uri(), st.booleans())
 def test_allowlist_accepts_exactly_the_same_vault(target: Parts, other: Parts, include_target: bool) -> None:
     allowed = [other.expected.vault_url + "/"]
@@ -140,7 +140,7 @@ def test_allowlist_accepts_exactly_the_same_vault(target: Parts, other: Parts, i
         assert ref == target.expected
 
 
-@fuzz(400)
+@fuzz(300)
 @given(valid_key_uri(), st.booleans())
 def test_normalize_vault_url_agrees_with_parse_and_is_idempotent(parts: Parts, slash: bool) -> None:
     written = parts.text.split("/keys/", 1)[0] + ("/" if slash else "")
@@ -158,14 +158,14 @@ FORBIDDEN_CHARS = st.one_of(
 )
 
 
-@fuzz(600)
+@fuzz(500)
 @given(valid_key_uri(), FORBIDDEN_CHARS, st.integers(0, 10_000))
 def test_inserting_a_forbidden_character_anywhere_is_rejected(parts: Parts, char: str, where: int) -> None:
     at = where % (len(parts.text) + 1)
     assert rejected(parts.text[:at] + char + parts.text[at:])
 
 
-@fuzz(300)
+@fuzz(250)
 @given(valid_key_uri(), st.integers(0, 10_000), st.text(HEX, min_size=2, max_size=2))
 def test_percent_encoding_anywhere_is_rejected(parts: Parts, where: int, code: str) -> None:
     at = where % len(parts.text)
@@ -179,7 +179,7 @@ SCHEMES = st.one_of(
 SEPARATORS = st.sampled_from(["://", ":/", ":///", ":\\\\", "//", ":", "://:", "://\\"])
 
 
-@fuzz(300)
+@fuzz(250)
 @given(valid_key_uri(), SCHEMES, SEPARATORS)
 def test_other_schemes_are_rejected(parts: Parts, scheme: str, sep: str) -> None:
     rest = parts.text.removeprefix("https://")
@@ -196,7 +196,7 @@ USERINFO = st.one_of(
 )
 
 
-@fuzz(300)
+@fuzz(250)
 @given(valid_key_uri(), USERINFO, st.booleans())
 def test_userinfo_is_rejected(parts: Parts, userinfo: str, evil_first: bool) -> None:
     rest = parts.text.removeprefix("https://")
@@ -206,7 +206,7 @@ def test_userinfo_is_rejected(parts: Parts, userinfo: str, evil_first: bool) -> 
     assert rejected(text)
 
 
-@fuzz(300)
+@fuzz(250)
 @given(
     valid_key_uri(),
     st.text(st.characters(min_codepoint=0x80, categories=["L", "N", "M", "Pd", "Zs", "Cf"]), min_size=1, max_size=5),
@@ -233,7 +233,7 @@ NUMERIC_HOSTS = st.one_of(
 )
 
 
-@fuzz(300)
+@fuzz(250)
 @given(NUMERIC_HOSTS, key_name)
 def test_numeric_hosts_that_are_not_dotted_quads_are_rejected(bad_host: str, name: str) -> None:
     assert rejected(f"https://{bad_host}/keys/{name}")
@@ -248,7 +248,7 @@ BAD_PORTS = st.one_of(
 )
 
 
-@fuzz(300)
+@fuzz(250)
 @given(host, BAD_PORTS, key_name)
 def test_bad_ports_are_rejected(h: str, bad_port: str, name: str) -> None:
     assert rejected(f"https://{h}:{bad_port}/keys/{name}")
@@ -257,7 +257,7 @@ def test_bad_ports_are_rejected(h: str, bad_port: str, name: str) -> None:
 PATH_BREAKERS = st.sampled_from(["//", "/./", "/../", "/.//", "/%2e/", "/keys/", "/x/", "/./../"])
 
 
-@fuzz(400)
+@fuzz(300)
 @given(valid_key_uri(), PATH_BREAKERS, st.integers(0, 10_000))
 def test_dot_segments_double_slashes_and_extra_segments_are_rejected(parts: Parts, breaker: str, which: int) -> None:
     scheme_len = len("https://")
@@ -266,7 +266,7 @@ def test_dot_segments_double_slashes_and_extra_segments_are_rejected(parts: Part
     assert rejected(parts.text[:at] + breaker + parts.text[at + 1 :])
 
 
-@fuzz(300)
+@fuzz(250)
 @given(
     host,
     st.sampled_from(["secrets", "certificates", "Keys", "KEYS", "key", "deletedkeys", "", "keys/keys"]),
@@ -278,7 +278,7 @@ def test_other_collections_are_rejected(h: str, collection: str, name: str, v: s
     assert rejected(f"https://{h}/{collection}/{name}{tail}")
 
 
-@fuzz(300)
+@fuzz(250)
 @given(
     host,
     st.one_of(
@@ -335,7 +335,7 @@ def test_anything_either_parses_and_round_trips_or_is_a_validation_error(text: o
     assert ref.version is None or (len(ref.version) == 32 and ref.version == ref.version.lower())
 
 
-@fuzz(500)
+@fuzz(400)
 @given(ANYTHING)
 def test_normalize_vault_url_never_raises_anything_else(text: object) -> None:
     try:

@@ -122,7 +122,7 @@ def parse_key(data: object = _DEFAULT, **envelope: object) -> KeyVaultEvent:
         "event_time": "2019-07-25T01:08:33.1036736Z",
     }
     fields.update(envelope)
-    result = parse_event(**fields)  # type: ignore[arg-type]
+    result = parse_event(**fields)
     assert isinstance(result, KeyVaultEvent)
     return result
 
@@ -347,7 +347,8 @@ def test_ignored_event_does_not_examine_the_rest() -> None:
     result = parse_event(
         event_id=12, event_type="Microsoft.KeyVault.SecretExpired", data=[1, 2], source=3, event_time="soon"
     )
-    assert result == IgnoredEvent(event_id="", event_type="Microsoft.KeyVault.SecretExpired", reason=result.reason)
+    assert isinstance(result, IgnoredEvent)
+    assert (result.event_id, result.event_type) == ("", "Microsoft.KeyVault.SecretExpired")
 
 
 def test_ignored_event_clips_huge_values() -> None:
@@ -578,9 +579,14 @@ def test_subscription_validation_event_is_ignored() -> None:
 
 
 def test_non_string_names_are_ignored() -> None:
-    data: dict[object, object] = {**key_data(), 1: "x", ("Id",): "https://evil.vault.azure.net/keys/x"}
+    data: dict[object, object] = {}
+    data.update(key_data())
+    data[1] = "x"
+    data[("Id",)] = "https://evil.vault.azure.net/keys/x"
     assert parse_key(data).key == KEY
-    payload: dict[object, object] = {**as_key_event(DOC_SECRET_EVENT_GRID, KeyEventType.EXPIRED.value), 2: "x"}
+    payload: dict[object, object] = {}
+    payload.update(as_key_event(DOC_SECRET_EVENT_GRID, KeyEventType.EXPIRED.value))
+    payload[2] = "x"
     assert isinstance(parse_payload(payload), KeyVaultEvent)
 
 
@@ -601,3 +607,28 @@ def test_malformed_message_clips_astral_characters() -> None:
     assert "100 characters" in err.reason
     assert len(str(err)) < 250
     assert str(err).isascii()
+
+
+def test_json_text_naming_a_field_twice() -> None:
+    good = f'"Id": "{KEY_ID}"'
+    evil = '"Id": "https://evil.vault.azure.net/keys/newkey/' + "0" * 32 + '"'
+    assert parse_key("{" + good + ", " + good + "}").key == KEY
+    err = malformed("{" + good + ", " + evil + "}")
+    assert "'Id' twice with different values" in err.reason
+    with pytest.raises(MalformedEvent, match="twice"):
+        parse_payload('{"eventType": "x", "eventType": "Microsoft.KeyVault.KeyExpired"}')
+
+
+def test_duplicate_values_too_deep_to_compare_are_a_difference() -> None:
+    def nested(depth: int) -> object:
+        value: object = []
+        for _ in range(depth):
+            value = [value]
+        return value
+
+    # Equal, but comparing them exceeds the recursion limit.
+    data = {**key_data(), "Extra": nested(5000), "extra ": nested(5000)}
+    assert "appears twice" in malformed(data).reason
+    same = nested(5000)
+    data = {**key_data(), "Extra": same, "extra ": same}  # one object: identity short-cuts ==
+    assert parse_key(data).key == KEY

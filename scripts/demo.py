@@ -1,0 +1,153 @@
+"""``make demo``: the local stack driven through the whole story, printed as a timeline.
+
+rotate -> pinned services follow -> early disable refused -> 25 h later the sweep retires the
+old version -> revoke (dry run, then real) -> services confirmed dark -> restore -> services
+healthy. Only public interfaces: SDK calls to the sandbox, HTTP to the host, the CLI.
+Exits 0 when every step held, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import requests
+from azure.core.credentials import AccessToken
+from azure.keyvault.keys import KeyClient
+from azure.mgmt.cosmosdb import CosmosDBManagementClient
+
+from scripts.stack import Stack, principal_header
+
+SUB_PROD = "00000000-0000-0000-0000-00000000a001"
+T0 = time.monotonic()
+
+
+class _Token:
+    def get_token(self, *_scopes: str, **_kw: Any) -> AccessToken:
+        return AccessToken("demo", int(time.time()) + 3600)
+
+
+def step(title: str, detail: str = "") -> None:
+    print(f"[{time.monotonic() - T0:6.1f}s] {title}" + (f"\n           {detail}" if detail else ""), flush=True)
+
+
+def wait_for(what: str, probe: Callable[[], Any], timeout: float = 120.0, every: float = 1.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = probe()
+        if value:
+            return value
+        time.sleep(every)
+    raise RuntimeError(f"timed out waiting for {what}")
+
+
+class Demo:
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        conn = stack.conn
+        self.vault = stack.vault_url("kv-contoso-prod-weu")
+        self.key_uri = f"{self.vault}/keys/cmk-cosmos"
+        self.keys = KeyClient(self.vault, _Token(), verify_challenge_resource=False, connection_verify=conn["ca_bundle"])
+        self.cosmos = CosmosDBManagementClient(
+            _Token(), SUB_PROD, base_url=conn["arm_url"], credential_scopes=conn["credential_scopes"],
+            connection_verify=conn["ca_bundle"])
+        self.principal = principal_header("oncall@contoso.example", "11111111-2222-3333-4444-555555555555",
+                                          ["KeySteward.Read", "KeySteward.Revoke", "KeySteward.Restore"])
+
+    def api(self, method: str, path: str, body: dict[str, Any] | None = None) -> requests.Response:
+        return requests.request(method, f"{self.stack.host_url}/api/{path}", json=body, timeout=240,
+                                params={"code": self.stack.keys["function"]},
+                                headers={"X-MS-CLIENT-PRINCIPAL": self.principal})
+
+    def account(self, name: str) -> Any:
+        return self.cosmos.database_accounts.get("rg-apps", name)
+
+    def run(self) -> None:
+        before = self.keys.get_key("cmk-cosmos").properties.version
+        billing = self.account("cosmos-contoso-billing")
+        step("estate", f"cosmos-contoso-billing pinned to {billing.key_vault_key_uri.rsplit('/', 1)[-1]}, "
+                       f"cmk-cosmos current version {before}")
+
+        new = self.keys.rotate_key("cmk-cosmos").properties.version
+        step("1. rotate", f"KeyClient.rotate_key created {new}; Key Vault emits KeyNewVersionCreated")
+        wait_for("the pinned account to follow",
+                 lambda: self.account("cosmos-contoso-billing").key_vault_key_uri.endswith(new))
+        step("2. pinned services follow", f"cosmos-contoso-billing now pinned to {new} (updated by keysteward)")
+        wait_for("the versionless account to move",
+                 lambda: (self.account("cosmos-contoso-orders").key_vault_key_uri_version or "").endswith(new))
+        step("   versionless account moved by itself", f"cosmos-contoso-orders uses {new}")
+
+        done = self.stack.cli("disable", "--key", f"{self.key_uri}/{before}", "--reason", "cleanup",
+                              "--ticket", "SEC-201", "--json", check=False)
+        refused = json.loads(done.stdout)
+        assert done.returncode == 1 and refused.get("refused"), done.stdout
+        step("3. early disable refused", "; ".join(b["message"] for b in refused["blockers"]))
+
+        self.keys.update_key_properties("cmk-cosmos", new, tags={"keysteward-retire": "true"})
+        self.stack.admin("POST", "/sandbox/clock", {"advance": "PT25H"})
+        step("4. 25 h later", "sandbox clock advanced by PT25H; key tagged keysteward-retire=true")
+        sweep = json.loads(self.stack.cli("retire", "--json").stdout)
+        states = {p.version: p for p in self.keys.list_properties_of_key_versions("cmk-cosmos")}
+        retired = [v for v, p in states.items() if not p.enabled and "keysteward-retired-by" in (p.tags or {})]
+        assert before in retired, (sweep, {v: (p.enabled, p.tags) for v, p in states.items()})
+        step("   the sweep retired old versions", ", ".join(sorted(retired)) + f" (run {sweep['run']})")
+
+        dry = self.api("POST", "revoke", {"key": self.key_uri, "mode": "disable", "reason": "key compromise drill",
+                                          "ticket": "SEC-202", "dryRun": True})
+        assert dry.status_code == 200, dry.text
+        radius = dry.json()
+        bindings = radius.get("bindings") or radius.get("blastRadius", {}).get("bindings") or []
+        step("5. revoke dry run", f"{len(bindings)} binding(s) would go dark: "
+             + ", ".join(sorted({str(b.get('resourceId', b.get('name', '?'))).rsplit('/', 1)[-1] for b in bindings})))
+
+        started = self.api("POST", "revoke", {"key": self.key_uri, "mode": "disable", "reason": "key compromise drill",
+                                              "ticket": "SEC-202", "dryRun": False})
+        assert started.status_code == 202, started.text
+        run_id = started.json()["run"]
+        step("6. revoke", f"202 accepted, run {run_id}")
+        run = wait_for("the revocation to finish", lambda: self._finished(run_id), timeout=180)
+        assert run["status"] == "succeeded", json.dumps(run, indent=1)[:2000]
+        status = self.account("cosmos-contoso-billing").customer_managed_key_status
+        step("   services confirmed dark", f"run {run['status']}; cosmos-contoso-billing: {status}")
+
+        restored = self.api("POST", "restore", {"run": run_id, "reason": "drill over", "ticket": "SEC-202"})
+        assert restored.status_code == 202, restored.text
+        restore_id = restored.json()["run"]
+        step("7. restore", f"202 accepted, run {restore_id}")
+        run = wait_for("the restore to finish", lambda: self._finished(restore_id), timeout=240)
+        assert run["status"] == "succeeded", json.dumps(run, indent=1)[:2000]
+        status = self.account("cosmos-contoso-billing").customer_managed_key_status
+        step("8. services healthy", f"run {run['status']}; cosmos-contoso-billing: {status}")
+
+    def _finished(self, run_id: str) -> dict[str, Any] | None:
+        resp = self.api("GET", f"runs/{run_id}")
+        if resp.status_code != 200:
+            return None
+        doc: dict[str, Any] = resp.json()
+        return doc if doc.get("status") not in ("running", "pending-approval") else None
+
+
+def main() -> int:
+    stack = Stack(port=int(sys.argv[1]) if len(sys.argv) > 1 else 7071)
+    try:
+        step("starting Azurite, the sandbox (demo estate) and the Functions host")
+        stack.start()
+        Demo(stack).run()
+        step("demo complete: every step held")
+        return 0
+    except (AssertionError, RuntimeError, requests.RequestException) as err:
+        step("DEMO FAILED", f"{type(err).__name__}: {err}")
+        for name in ("host", "sandbox"):
+            log = stack.settings_file.parent / f"{name}.log"
+            if log.exists():
+                print(f"--- last lines of .run/{name}.log ---\n" + "\n".join(log.read_text().splitlines()[-30:]))
+        return 1
+    finally:
+        stack.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
