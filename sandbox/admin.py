@@ -32,6 +32,7 @@ from sandbox import clock as clockmod
 from sandbox import seeds
 from sandbox.eventgrid import SCHEMAS
 from sandbox.faults import FaultRule, ThrottleSettings
+from sandbox import services
 from sandbox.wire import JsonObj, Request, Response, Router, SandboxError, empty_response, json_response
 
 if TYPE_CHECKING:
@@ -212,6 +213,7 @@ def post_services(world: World, req: Request, match: re.Match[str]) -> Response:
     values = {name: _number(body, name) for name in sorted(body)}
     for name, value in values.items():
         setattr(world.service_settings, name, value)
+    services.settings_changed(world)
     return json_response(200, dataclasses.asdict(world.service_settings))
 
 

@@ -288,6 +288,11 @@ def check_binding(world: World, binding: Binding, now: int) -> AccessResult:
 
 
 # ---- the clock's effects ----------------------------------------------------------------------
+def settings_changed(world: World) -> None:
+    """New service settings take effect now: the next usage sweep is rescheduled."""
+    _state(world).next_sweep = None
+
+
 def tick(world: World, now: datetime) -> None:
     """Completes due operations and, once per usage interval, lets every service use its key."""
     st = _state(world)

@@ -21,6 +21,11 @@ def test_function_app_lists_the_expected_functions_and_triggers():
         "revoke": ["POST"], "restore": ["POST"], "runs/{id}": ["GET"], "runs": ["GET"],
         "runs/{id}/approve": ["POST"], "retire": ["POST"], "check": ["GET"], "keys/status": ["GET"],
     }
-    for route, methods in expected.items():
-        if route in routes:
-            assert routes[route] == methods
+    assert routes == expected
+    assert {str(getattr(t.auth_level, "value", t.auth_level)).lower() for t in http.values()} == {
+        "function"
+    }  # function keys stay on as a second lock behind App Service Authentication
+    assert set(functions) == {
+        "on_key_vault_event", "process_work_item", "rotation_schedule", "reconcile_schedule",
+        "revoke", "restore", "get_run", "list_runs", "approve_run", "retire_version", "preflight_check", "key_status",
+    }
