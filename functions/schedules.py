@@ -10,7 +10,9 @@ import azure.functions as func
 import structlog
 
 from functions._root import get_app
+from shared.errors import TransientError
 from shared.retention import maintenance_pass
+from shared.runbooks import resume_unfinished
 
 bp = func.Blueprint()  # type: ignore[no-untyped-call]  # azure-functions leaves __init__ unannotated
 log = structlog.get_logger("keysteward.timers")
@@ -38,3 +40,10 @@ def reconcile_schedule(timer: func.TimerRequest) -> None:
     sweep = maintenance_pass(app)
     log.info("retention-pass", run=sweep.run, retired=len(sweep.retired), repaired=len(sweep.repaired),
              recovered=len(sweep.recovered), errors=len(sweep.errors))
+    # Runbooks interrupted, or waiting on verification, go on from where their journal says.
+    report = resume_unfinished(app)
+    log.info("runbooks-resumed", runs=len(report.views), errors=len(report.errors))
+    problems = [*sweep.errors, *report.errors]
+    if problems:
+        # Fail the invocation so the platform records it; the next pass tries again.
+        raise TransientError(f"timer pass finished with {len(problems)} error(s): {problems[0]}")

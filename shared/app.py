@@ -7,6 +7,8 @@ trigger parses its binding, calls one method, and maps the result back.
 
 from __future__ import annotations
 
+import functools
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -21,6 +23,7 @@ from shared.clock import Clock, RemoteSandboxClock, SystemClock
 from shared.config import Settings
 from shared.events import IgnoredEvent, KeyEventType, KeyVaultEvent
 from shared.inventory import ArmInventory, Inventory, ResourceGraphInventory, by_key, for_key
+from shared.journal import Journal, MemoryJournal, from_connection_string
 from shared.keyvault import KeyStore, SdkKeyStore
 from shared.model import Binding, KeyRef, ServiceType
 from shared.notify import EventGridNotifier, LogNotifier, Notifier, Outcome
@@ -56,6 +59,7 @@ class Keysteward:
         queue: WorkQueue,
         clients: ClientFactory | None = None,
         budget: WriteBudget | None = None,
+        journal: Journal | Callable[[], Journal] | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
@@ -65,12 +69,26 @@ class Keysteward:
         self.notifier = notifier
         self.queue = queue
         self.clients = clients
+        # The runbook journal: given, built on first use by a factory, or kept in memory.
+        self._journal: Journal | None = None if callable(journal) else journal
+        self._journal_factory: Callable[[], Journal] | None = journal if callable(journal) else None
+        self._journal_lock = threading.Lock()
         self.reconciler = Reconciler(
             settings=settings, keys=keys, targets=targets, inventory=inventory,
             notifier=notifier, clock=clock, budget=budget,
         )
         self.rotator = Rotator(settings=settings, keys=keys, notifier=notifier, clock=clock)
         self.log = structlog.get_logger("keysteward")
+
+    @property
+    def journal(self) -> Journal:
+        """The runbook journal (runs, steps, leases); a factory given to the constructor runs on
+        first use, so building the app does no Storage I/O. Without either: in memory."""
+        with self._journal_lock:
+            if self._journal is None:
+                factory = self._journal_factory
+                self._journal = factory() if factory is not None else MemoryJournal(self.clock)
+            return self._journal
 
     # ---- scope ------------------------------------------------------------------------------
     def in_scope(self, key: KeyRef) -> bool:
@@ -186,11 +204,14 @@ def build(
     queue: WorkQueue | None = None,
     polling_interval: float | None = None,
     budget: WriteBudget | None = None,
+    journal: Journal | None = None,
 ) -> Keysteward:
     """Wires every dependency for ``settings``; what is passed in replaces the default.
 
     ``budget`` replaces the ARM write budget built from the settings (it paces writes per
-    subscription; a benchmark passes one on the sandbox's clock).
+    subscription; a benchmark passes one on the sandbox's clock). The run journal defaults to a
+    :class:`~shared.journal.TableJournal` over ``settings.storage_connection`` (tables created
+    on first use), else a MemoryJournal.
     """
     clients = factory_for(settings, transport_factory=transport_factory, credential=credential,
                           polling_interval=polling_interval)
@@ -207,9 +228,15 @@ def build(
     if queue is None:
         queue = (StorageWorkQueue(settings.storage_connection, settings.work_queue)
                  if settings.storage_connection else MemoryQueue())
+    clock = clock or _clock_for(settings)
+    journal_source: Journal | Callable[[], Journal] | None = journal
+    if journal_source is None and settings.storage_connection:
+        journal_source = functools.partial(from_connection_string, settings.storage_connection, clock=clock,
+                                           table_prefix=settings.table_prefix)
+
     return Keysteward(
         settings=settings,
-        clock=clock or _clock_for(settings),
+        clock=clock,
         keys=SdkKeyStore(clients),
         targets=dict(targets),
         inventory=inventory,
@@ -217,6 +244,7 @@ def build(
         queue=queue,
         clients=clients,
         budget=budget,
+        journal=journal_source,
     )
 
 

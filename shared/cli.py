@@ -25,9 +25,9 @@ from shared.keyuri import parse_key_uri
 from shared.logs import configure
 from shared.model import KeyRef
 from shared.reconcile import ActionKind, PassResult
-from shared.workqueue import MemoryQueue
 from shared.runbooks_cli import HANDLERS as RUNBOOK_HANDLERS
 from shared.runbooks_cli import add_commands as add_runbook_commands
+from shared.workqueue import MemoryQueue
 
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
 

@@ -10,6 +10,9 @@ SDK errors are translated once, in the adapters, with :func:`translate`, chained
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from azure.core.exceptions import (
     AzureError,
     ClientAuthenticationError,
@@ -58,6 +61,15 @@ class ValidationError(PermanentError):
     def __init__(self, message: str, *, field: str | None = None) -> None:
         super().__init__(message, code="BadRequest", status=400)
         self.field = field
+
+
+@contextmanager
+def azure_errors(what: str) -> Iterator[None]:
+    """Translates any azure-core error raised inside the block (see :func:`translate`)."""
+    try:
+        yield
+    except AzureError as err:
+        raise translate(err, what=what) from err
 
 
 def _retry_after(err: HttpResponseError) -> float | None:

@@ -4,26 +4,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from azure.core.exceptions import AzureError
 from azure.keyvault.keys import KeyProperties, KeyVaultKey
 
 from shared.clients import ClientFactory
-from shared.errors import PermanentError, translate
+from shared.errors import PermanentError
+from shared.errors import azure_errors as _sdk
 from shared.model import KeyRef, KeyVersion
-
-
-@contextmanager
-def _sdk(what: str) -> Iterator[None]:
-    try:
-        yield
-    except AzureError as err:
-        raise translate(err, what=what) from err
 
 
 def _version_from(vault_url: str, props: KeyProperties, key: KeyVaultKey | None = None) -> KeyVersion:

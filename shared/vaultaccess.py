@@ -15,12 +15,10 @@ caller decides (the runbooks refuse ``remove-access`` there).
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from azure.core.exceptions import AzureError
 from azure.mgmt.keyvault.models import (
     AccessPolicyEntry,
     AccessPolicyUpdateKind,
@@ -31,18 +29,13 @@ from azure.mgmt.keyvault.models import (
 )
 
 from shared.clients import ClientFactory
-from shared.errors import NotFoundError, translate
+from shared.errors import NotFoundError
+from shared.errors import azure_errors as _sdk
 
 # Permission kinds of an access policy entry, as the REST API names them.
 PERMISSION_KINDS = ("keys", "secrets", "certificates", "storage")
-
-
-@contextmanager
-def _sdk(what: str) -> Iterator[None]:
-    try:
-        yield
-    except AzureError as err:
-        raise translate(err, what=what) from err
+# The SDK's model attribute per kind: its models are mappings, so ``keys`` is renamed.
+_SDK_ATTRIBUTE = {"keys": "keys_property", "secrets": "secrets", "certificates": "certificates", "storage": "storage"}
 
 
 @dataclass(frozen=True)
@@ -87,7 +80,7 @@ class AccessEntry:
         )
 
     def to_sdk(self) -> AccessPolicyEntry:
-        perms = {k: list(v) for k, v in self.permissions.items() if k in PERMISSION_KINDS and v}
+        perms = {_SDK_ATTRIBUTE[k]: list(v) for k, v in self.permissions.items() if k in PERMISSION_KINDS and v}
         return AccessPolicyEntry(
             tenant_id=self.tenant_id,
             object_id=self.object_id,
@@ -122,7 +115,7 @@ def _entries(vault: Vault) -> list[AccessEntry]:
         perms: dict[str, tuple[str, ...]] = {}
         if entry.permissions is not None:
             for kind in PERMISSION_KINDS:
-                values = getattr(entry.permissions, kind, None) or []
+                values = getattr(entry.permissions, _SDK_ATTRIBUTE[kind], None) or []
                 if values:
                     perms[kind] = tuple(_text(v) for v in values)
         out.append(AccessEntry(

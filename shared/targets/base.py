@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from azure.core.exceptions import AzureError
-
-from shared.errors import translate
+from shared.errors import azure_errors
 from shared.model import Binding, KeyRef, ServiceType
 
 _RG = re.compile(r"/resourcegroups/([^/]+)/", re.IGNORECASE)
@@ -77,12 +74,10 @@ def operation_recorder() -> tuple[dict[str, str], Callable[[Any], None]]:
     return seen, hook
 
 
-@contextmanager
-def sdk(what: str) -> Iterator[None]:
-    try:
-        yield
-    except AzureError as err:
-        raise translate(err, what=what) from err
+
+
+# The adapters' name for the shared translator of SDK errors.
+sdk = azure_errors
 
 
 def resource_group_of(resource_id: str) -> str:
