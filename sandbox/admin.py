@@ -29,10 +29,9 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from sandbox import clock as clockmod
-from sandbox import seeds
+from sandbox import seeds, services
 from sandbox.eventgrid import SCHEMAS
 from sandbox.faults import FaultRule, ThrottleSettings
-from sandbox import services
 from sandbox.wire import JsonObj, Request, Response, Router, SandboxError, empty_response, json_response
 
 if TYPE_CHECKING:

@@ -105,8 +105,8 @@ class Stack:
         self.conn = json.loads(conn_file.read_text())
         _wait("Azurite", lambda: not _port_free(AZURITE_PORTS[1]))
         # Simulated services react in seconds so the story can be watched live.
-        self.admin("POST", "/sandbox/services", {"usage_interval_s": 5, "versionless_lag_s": 20,
-                                                  "cosmos_recovery_s": 30})
+        self.admin("POST", "/sandbox/services", {"usage_interval_s": 3, "versionless_lag_s": 10,
+                                                  "cosmos_recovery_s": 15})
         self.admin("POST", "/sandbox/lro", {"duration_s": 3.0, "fail_rate": 0.0})
         self._write_settings()
         self._spawn("host", [sys.executable, "-m", "sandbox.host", "--port", str(self.port),
