@@ -185,7 +185,10 @@ def banner(stack: Stack) -> str:
     cosmos_key = f"{stack.vault_url('kv-contoso-prod-weu')}/keys/cmk-cosmos"
     hdr = principal_header("oncall@contoso.example", "11111111-2222-3333-4444-555555555555",
                            ["KeySteward.Read", "KeySteward.Revoke", "KeySteward.Restore"])
-    ks = f"keysteward --settings {stack.settings_file.relative_to(ROOT)}"
+    # The console script installed beside this interpreter (.venv/bin/keysteward under `make run`).
+    script = Path(sys.executable).parent / "keysteward"
+    exe = os.path.relpath(script, ROOT) if script.exists() else "keysteward"
+    ks = f"{exe} --settings {stack.settings_file.relative_to(ROOT)}"
     api = f"{stack.host_url}/api"
     code = stack.keys["function"]
     return f"""

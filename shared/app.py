@@ -90,6 +90,19 @@ class Keysteward:
                 self._journal = factory() if factory is not None else MemoryJournal(self.clock)
             return self._journal
 
+    def revocation_in_force(self, key: KeyRef) -> str | None:
+        """The run id of a whole-key revocation not undone by a restore; ``None`` when none.
+
+        While one is in force, reconcile moves no binding of the key: a new version of a revoked
+        key must not bring the data back online behind the on-call team's back.
+        """
+        for run in self.journal.list_runs(key=key.versionless().uri, limit=20):  # newest first
+            if run.kind == "restore" and run.status not in ("failed", "canceled"):
+                return None
+            if run.kind == "revoke" and run.status not in ("failed", "canceled", "pending-approval"):
+                return run.run_id
+        return None
+
     # ---- scope ------------------------------------------------------------------------------
     def in_scope(self, key: KeyRef) -> bool:
         """Only vaults in KEYSTEWARD_VAULTS are acted on."""
@@ -115,7 +128,8 @@ class Keysteward:
             for item in items:
                 self.queue.put(item)
             return EventResult("fanned-out", f"{len(items)} subscriptions", enqueued=items)
-        result = self.reconciler.reconcile_key(key, bindings=bindings, event_id=event.event_id)
+        result = self.reconciler.reconcile_key(key, bindings=bindings, event_id=event.event_id,
+                                               revoked_by=self.revocation_in_force(key))
         enqueued = self._follow_up(WorkItem(key.uri, subs[0] if subs else "", event_id=event.event_id), result)
         return EventResult("reconciled", "", passes=[result], enqueued=enqueued)
 
@@ -141,7 +155,8 @@ class Keysteward:
 
         key = parse_key_uri(item.key, allowed_vaults=self.settings.vaults, require_version=False)
         result = self.reconciler.reconcile_key(
-            key, subscriptions=[item.subscription], event_id=item.event_id, started_before=item.started
+            key, subscriptions=[item.subscription], event_id=item.event_id, started_before=item.started,
+            revoked_by=self.revocation_in_force(key),
         )
         self._follow_up(item, result)
         return result
@@ -154,7 +169,9 @@ class Keysteward:
                 "key": item.key, "subscription": item.subscription, "attempts": item.attempt}, "warning")])
             return []
         nxt = item.next_confirm(tuple(s.binding.resource_id for s in result.started))
-        self.queue.put(nxt, delay=confirm_delay(self.settings.confirm_delay, nxt.attempt))
+        expected = [s.expected_s for s in result.started if s.expected_s is not None]
+        self.queue.put(nxt, delay=confirm_delay(self.settings.confirm_delay, nxt.attempt,
+                                                expected=timedelta(seconds=max(expected)) if expected else None))
         return [nxt]
 
     # ---- timers ---------------------------------------------------------------------------------
@@ -169,7 +186,8 @@ class Keysteward:
             ref = bindings[0].key
             if not self.in_scope(ref) or (key is not None and ref.key_id != key.key_id):
                 continue
-            result = self.reconciler.reconcile_key(ref, bindings=bindings, dry_run=dry_run)
+            result = self.reconciler.reconcile_key(ref, bindings=bindings, dry_run=dry_run,
+                                                   revoked_by=self.revocation_in_force(ref))
             results.append(result)
             if not dry_run:
                 for sub in sorted({b.subscription for b in bindings}):

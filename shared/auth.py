@@ -101,7 +101,7 @@ def _decode(raw: str) -> Any:
     try:
         data = base64.b64decode(padded, validate=True)
         return json.loads(data.decode("utf-8"))
-    except (binascii.Error, ValueError, UnicodeDecodeError) as err:
+    except (binascii.Error, ValueError, UnicodeDecodeError, RecursionError) as err:
         raise AuthError(401, "the caller principal header is malformed") from err
 
 

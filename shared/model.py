@@ -97,6 +97,9 @@ class Binding:
     provisioning_state: str | None = None
     state: str | None = None  # Kusto cluster state
     health: str | None = None  # Cosmos customerManagedKeyStatus / Kusto stateReason
+    # The service reports its key access revoked and accepts no key change until it returns
+    # (Cosmos DB: only an identity change or deletion).
+    access_revoked: bool = False
     tags: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
 
     @property

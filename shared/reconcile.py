@@ -46,6 +46,7 @@ class ActionKind(StrEnum):
     VERSIONLESS = "versionless"  # follows the key itself; no write
     LAGGING = "lagging"  # versionless and still not on the current version after the lag limit
     READ_ONLY = "read-only"  # CMK fixed at creation (PostgreSQL, Energy)
+    REVOKED = "revoked"  # the key is under a revocation, or the service reports its access revoked
 
 
 @dataclass(frozen=True)
@@ -99,9 +100,14 @@ def version_problem(version: KeyVersion, service: ServiceType, *, settings: Sett
 
 
 def plan(
-    *, current: KeyVersion, bindings: Sequence[Binding], settings: Settings, now: datetime
+    *, current: KeyVersion, bindings: Sequence[Binding], settings: Settings, now: datetime,
+    revoked_by: str | None = None,
 ) -> list[Action]:
-    """The actions that bring ``bindings`` to ``current``. Pure: no I/O."""
+    """The actions that bring ``bindings`` to ``current``. Pure: no I/O.
+
+    ``revoked_by`` names a revocation run in force for the whole key: then nothing is moved
+    (a new version must not bring revoked data back online; only a restore does).
+    """
     actions: list[Action] = []
     target = current.version
     for b in bindings:
@@ -118,6 +124,11 @@ def plan(
                 actions.append(Action(ActionKind.VERSIONLESS, b, None, f"moving from {b.in_use_version}"))
         elif b.pinned_version == target:
             actions.append(Action(ActionKind.IN_SYNC, b, None))
+        elif revoked_by is not None:
+            actions.append(Action(ActionKind.REVOKED, b, target, f"key revoked by run {revoked_by}; restore first"))
+        elif b.access_revoked:
+            actions.append(Action(ActionKind.REVOKED, b, target,
+                                  "the service reports its key access revoked and accepts no key change"))
         elif b.held(settings.hold_tag):
             actions.append(Action(ActionKind.HELD, b, target, f"held by tag {settings.hold_tag}"))
         elif (b.provisioning_state or "").lower() in IN_PROGRESS_STATES:
@@ -194,6 +205,7 @@ class Reconciler:
         event_id: str | None = None,
         started_before: Sequence[str] = (),
         dry_run: bool = False,
+        revoked_by: str | None = None,
     ) -> PassResult:
         """One pass for ``key`` over ``subscriptions`` (default: all watched ones).
 
@@ -205,7 +217,7 @@ class Reconciler:
         current = self._keys.current(key)
         found = list(bindings) if bindings is not None else self.bindings_for(key, subscriptions)
         result = PassResult(key=key, current=current, actions=plan(
-            current=current, bindings=found, settings=self._settings, now=now))
+            current=current, bindings=found, settings=self._settings, now=now, revoked_by=revoked_by))
         previously = {r.lower() for r in started_before}
         for action in result.actions:
             if action.kind is ActionKind.IN_SYNC and action.binding.resource_id.lower() in previously:

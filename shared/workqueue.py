@@ -72,9 +72,18 @@ class WorkItem:
         return WorkItem(self.key, self.subscription, "confirm", self.attempt + 1, self.event_id, merged)
 
 
-def confirm_delay(base: timedelta, attempt: int) -> timedelta:
-    """Backoff between confirm passes: base, 2x, 4x ... capped at 10 minutes."""
-    delay: timedelta = base * (2 ** max(0, attempt - 1))
+# Confirm passes run every ``base`` for this many attempts, then back off.
+STEADY_CONFIRMS = 10
+
+
+def confirm_delay(base: timedelta, attempt: int, *, expected: timedelta | None = None) -> timedelta:
+    """When to confirm next. The first confirm after starting updates waits for the operations'
+    own expected duration (their Retry-After) when known; then every ``base`` (detection lags an
+    operation's end by at most ``base``); after STEADY_CONFIRMS attempts the wait doubles, capped
+    at 10 minutes, for operations that run far longer than announced."""
+    if attempt <= 1 and expected is not None and expected > timedelta(0):
+        return min(max(expected, base), timedelta(minutes=10))
+    delay: timedelta = base * (2 ** max(0, attempt - STEADY_CONFIRMS))
     return min(delay, timedelta(minutes=10))
 
 

@@ -23,6 +23,9 @@ class UpdateStart:
     binding: Binding
     version: str
     token: str | None
+    # Seconds the service said to wait before polling (Retry-After on the initial response):
+    # the first confirm pass is scheduled then, not earlier (nothing to see) nor much later.
+    expected_s: float | None = None
 
 
 class Health:
@@ -61,6 +64,14 @@ def enum_text(value: object) -> str | None:
     return str(getattr(value, "value", value))
 
 
+def expected_seconds(seen: dict[str, str]) -> float | None:
+    """The Retry-After a recorder saw, in seconds (``None`` when absent or not a number)."""
+    try:
+        return float(seen["retry_after"]) if "retry_after" in seen else None
+    except ValueError:
+        return None
+
+
 def operation_recorder() -> tuple[dict[str, str], Callable[[Any], None]]:
     """A ``raw_response_hook`` that keeps the operation status URL of the initial response."""
     seen: dict[str, str] = {}
@@ -70,6 +81,9 @@ def operation_recorder() -> tuple[dict[str, str], Callable[[Any], None]]:
         url = headers.get("Azure-AsyncOperation") or headers.get("Location")
         if url:
             seen["operation"] = url
+        retry_after = headers.get("Retry-After")
+        if retry_after:
+            seen["retry_after"] = retry_after
 
     return seen, hook
 

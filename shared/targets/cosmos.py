@@ -20,6 +20,7 @@ from shared.targets.base import (
     Health,
     UpdateStart,
     enum_text,
+    expected_seconds,
     operation_recorder,
     parse_key_uri_loose,
     resource_group_of,
@@ -68,6 +69,7 @@ def _binding(account: DatabaseAccountGetResults) -> Binding | None:
         user_identity=uid,
         provisioning_state=enum_text(account.provisioning_state),
         health=account.customer_managed_key_status,
+        access_revoked="revoked" in (account.customer_managed_key_status or "").lower(),
         tags=dict(account.tags or {}),
     )
 
@@ -102,7 +104,7 @@ class CosmosTarget:
             self._clients.cosmos(binding.subscription).database_accounts.begin_update(
                 binding.resource_group, binding.name, params, polling=False, raw_response_hook=hook
             )
-        return UpdateStart(binding, version, seen.get("operation"))
+        return UpdateStart(binding, version, seen.get("operation"), expected_seconds(seen))
 
     def health(self, binding: Binding) -> str:
         status = (binding.health or "").strip().lower()

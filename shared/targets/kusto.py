@@ -18,6 +18,7 @@ from shared.targets.base import (
     Health,
     UpdateStart,
     enum_text,
+    expected_seconds,
     operation_recorder,
     resource_group_of,
     sdk,
@@ -104,7 +105,7 @@ class KustoTarget:
             self._clients.kusto(binding.subscription).clusters.begin_update(
                 binding.resource_group, binding.name, update, polling=False, raw_response_hook=hook
             )
-        return UpdateStart(binding, version, seen.get("operation"))
+        return UpdateStart(binding, version, seen.get("operation"), expected_seconds(seen))
 
     def health(self, binding: Binding) -> str:
         state = (binding.state or "").lower()
