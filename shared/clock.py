@@ -45,9 +45,16 @@ class RemoteSandboxClock:
         self._ca = ca_bundle
 
     def now(self) -> datetime:
-        response = self._session.get(self._url, timeout=10, verify=self._ca)
-        response.raise_for_status()
-        return datetime.fromisoformat(str(response.json()["now"]).replace("Z", "+00:00"))
+        import requests  # noqa: PLC0415
+
+        from shared.errors import TransientError  # noqa: PLC0415
+
+        try:
+            response = self._session.get(self._url, timeout=10, verify=self._ca)
+            response.raise_for_status()
+            return datetime.fromisoformat(str(response.json()["now"]).replace("Z", "+00:00"))
+        except (requests.RequestException, ValueError, KeyError) as err:
+            raise TransientError(f"the sandbox clock at {self._url} cannot be read: {type(err).__name__}") from err
 
     def sleep(self, seconds: float) -> None:
         if seconds > 0:
