@@ -37,6 +37,9 @@ from shared.auth import AuthError, Principal, header_trusted, principal_from_hea
 from shared.errors import NotFoundError, PermanentError, TransientError, ValidationError
 
 MAX_BODY_BYTES: Final = 16_384
+# The function key may come as ``?code=KEY``; the host hands it to the function with the other
+# query parameters, so routes that refuse unknown parameters must let it through.
+FUNCTION_KEY_PARAM: Final = "code"
 # When a transient failure carries no Retry-After of its own.
 DEFAULT_RETRY_AFTER_S: Final = 30
 _CLIENT_ERROR_STATUSES: Final = frozenset({400, 409, 412, 422})
@@ -97,6 +100,10 @@ def read_json_body(req: func.HttpRequest, *, max_bytes: int = MAX_BODY_BYTES,
         raise ValidationError("the body is not UTF-8", field="body") from err
     except json.JSONDecodeError as err:
         raise ValidationError(f"the body is not valid JSON (line {err.lineno}, column {err.colno})",
+                              field="body") from err
+    except (ValueError, RecursionError) as err:
+        # An integer longer than Python converts (ValueError), or nesting deeper than the parser recurses.
+        raise ValidationError("the body is not valid JSON (a number too long or nesting too deep)",
                               field="body") from err
     if not isinstance(doc, dict):
         raise ValidationError("the body must be a JSON object", field="body")
@@ -219,6 +226,7 @@ def guarded(req: func.HttpRequest, *, role: str, operation: str, handler: Handle
 
 
 __all__ = [
+    "FUNCTION_KEY_PARAM",
     "MAX_BODY_BYTES",
     "Audit",
     "Handler",

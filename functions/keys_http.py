@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import azure.functions as func
 
-from functions._http import Audit, check_fields, guarded, json_response, read_json_body
+from functions._http import FUNCTION_KEY_PARAM, Audit, check_fields, guarded, json_response, read_json_body
 from functions._root import get_app
 from shared.auth import ROLE_READ, ROLE_REVOKE, Principal
 from shared.errors import ValidationError
@@ -49,9 +49,9 @@ def retire_version(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route="check", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
 def preflight_check(req: func.HttpRequest) -> func.HttpResponse:
     def handle(_principal: Principal, audit: Audit) -> func.HttpResponse:
-        if req.params:
-            name = sorted(req.params)[0]
-            raise ValidationError(f"unknown query parameter {name!r}", field=name)
+        unknown = sorted(set(req.params) - {FUNCTION_KEY_PARAM})
+        if unknown:
+            raise ValidationError(f"unknown query parameter {unknown[0]!r}", field=unknown[0])
         doc = run_check(get_app())
         audit.outcome = "ok" if doc["ok"] else "violations"
         return json_response(200, doc)
@@ -64,7 +64,7 @@ def preflight_check(req: func.HttpRequest) -> func.HttpResponse:
 def key_status_route(req: func.HttpRequest) -> func.HttpResponse:
     def handle(_principal: Principal, audit: Audit) -> func.HttpResponse:
         app = get_app()
-        unknown = sorted(set(req.params) - {"key"})
+        unknown = sorted(set(req.params) - {"key", FUNCTION_KEY_PARAM})
         if unknown:
             raise ValidationError(f"unknown query parameter {unknown[0]!r}", field=unknown[0])
         key = parse_key_uri(req.params.get("key"), allowed_vaults=app.settings.vaults, require_version=False)

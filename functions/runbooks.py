@@ -24,12 +24,13 @@ request comes near the platform's 230-second HTTP limit.
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from typing import Any, Final
 
 import azure.functions as func
 
-from functions._http import Audit, check_fields, guarded, json_response, read_json_body
+from functions._http import FUNCTION_KEY_PARAM, Audit, check_fields, guarded, json_response, read_json_body
 from functions._root import get_app
 from shared.auth import ROLE_READ, ROLE_RESTORE, ROLE_REVOKE, Principal, require_role
 from shared.errors import ValidationError
@@ -44,6 +45,7 @@ HTTP_WAIT_BUDGET: Final = timedelta(0)
 MAX_REASON: Final = 1000
 MAX_RUN_ID: Final = 64
 MAX_LIST: Final = 500
+_LIMIT: Final = re.compile(r"[0-9]{1,10}")
 
 
 def _run_answer(view: RunView, *, accepted: int = 202) -> func.HttpResponse:
@@ -139,14 +141,15 @@ def list_runs(req: func.HttpRequest) -> func.HttpResponse:
 
     def handle(_principal: Principal, audit: Audit) -> func.HttpResponse:
         app = get_app()
-        unknown = sorted(set(req.params) - {"key", "limit"})
+        unknown = sorted(set(req.params) - {"key", "limit", FUNCTION_KEY_PARAM})
         if unknown:
             raise ValidationError(f"unknown query parameter {unknown[0]!r}", field=unknown[0])
         raw_key = req.params.get("key")
         key = parse_key_uri(raw_key, allowed_vaults=app.settings.vaults) if raw_key is not None else None
         audit.key = key.uri if key else None
         raw_limit = req.params.get("limit", "100")
-        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIST:
+        # ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
+        if not _LIMIT.fullmatch(raw_limit) or not 1 <= int(raw_limit) <= MAX_LIST:
             raise ValidationError(f"limit must be a number from 1 to {MAX_LIST}", field="limit")
         runs = runbooks_for(app).runs(key, limit=int(raw_limit))
         return json_response(200, {"runs": [_run_summary(r) for r in runs]})
