@@ -90,7 +90,7 @@ def plot_propagation(report: dict[str, Any], outdir: Path = HERE) -> list[Path]:
         _convergence_panel(ax, case, f"{case['bindings']:,} clusters / {case['subscriptions']} subscriptions")
     _baseline_panel(axes[2], report)
     fig.suptitle(f"Propagation after a rotation (LRO {lro:.0f} s, ARM writes 200 + 10/s per subscription, "
-                 f"first confirm after {confirm:.0f} s)", fontsize=10)
+                 f"confirm passes every {confirm:.0f} s after the operations' Retry-After)", fontsize=10)
     fig.tight_layout()
     path = outdir / "convergence.png"
     fig.savefig(path, dpi=110)
