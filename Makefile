@@ -24,7 +24,7 @@ bench:
 	$(PYTHON) -m benchmarks.run
 
 soak:
-	KEYSTEWARD_SOAK_SEEDS=$${KEYSTEWARD_SOAK_SEEDS:-2000} $(PYTEST) tests/soak -q
+	KEYSTEWARD_SOAK_SEEDS=$${KEYSTEWARD_SOAK_SEEDS:-2000} $(PYTEST) tests/soak -q -n 2 --dist load
 
 # `make run` / `make demo` work on a fresh machine with Python 3.11 and Node: they create .venv.
 VENV ?= .venv
