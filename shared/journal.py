@@ -38,10 +38,20 @@ Storage layout (:class:`TableJournal`), three tables named ``{prefix}runs``,
 Dict columns (``params``, ``result``) are stored as JSON text. A Table string property holds
 at most 64 KiB (32 K UTF-16 code units), so the JSON is written ASCII-only and split over
 ``Name``, ``Name1``, ``Name2`` ... properties of 32,000 characters; at most
-:data:`JSON_MAX_CHARS` characters are kept per column (an entity holds at most 1 MiB).
-A larger value is replaced by ``{"truncated": true, "originalChars": n, "preview": "..."}``
-rather than refused, because a step result is written after the step has acted and must
-not be lost. Both implementations apply the same rule.
+:data:`JSON_MAX_CHARS` characters are kept per run column (an entity holds at most 1 MiB).
+
+A step result may be far larger (the blast radius of a key bound to thousands of services):
+up to :data:`STEP_RESULT_MAX_CHARS` characters. One larger than :data:`JSON_MAX_CHARS` goes to
+*page rows* in the step's partition, RowKey ``<index>.<token>.<page>``, each holding
+:data:`PAGE_MAX_CHARS` characters; the step entity names the token (the SHA-256 of the JSON
+text, so a reader checks what it reassembles) and the page count. Pages are written
+(idempotently: same text, same rows) before the ETag-guarded write of the step entity that
+refers to them, so a reader never sees a step whose pages are missing; pages left behind by a
+writer that lost the race are never referenced (and never read).
+
+A value larger than its limit is replaced by ``{"truncated": true, "originalChars": n,
+"preview": "..."}`` rather than refused, because a step result is written after the step has
+acted and must not be lost. Both implementations apply the same rules.
 """
 
 from __future__ import annotations
@@ -93,6 +103,12 @@ PROPERTY_MAX_CHARS: Final = 32_000
 # the 1 MiB entity limit.
 JSON_MAX_PARTS: Final = 6
 JSON_MAX_CHARS: Final = PROPERTY_MAX_CHARS * JSON_MAX_PARTS
+# A step result beyond JSON_MAX_CHARS is paged: 12 properties (384,000 characters, 768 KB as
+# UTF-16) per page row keeps each row under the 1 MiB entity limit.
+PAGE_PARTS: Final = 12
+PAGE_MAX_CHARS: Final = PROPERTY_MAX_CHARS * PAGE_PARTS
+# About 30,000 bindings of a blast radius; 21 page rows.
+STEP_RESULT_MAX_CHARS: Final = 8_000_000
 # How much of an oversized JSON value is kept, as a string, for a human to read.
 TRUNCATED_PREVIEW_CHARS: Final = 4_000
 # Azure Table queries accept at most 15 discrete comparisons in one filter.
@@ -328,15 +344,15 @@ def run_row_key(run_id: str) -> str | None:
     return f"{_MS_CEILING - ms:013d}-{run_id}"
 
 
-def dump_json(value: Mapping[str, Any], *, what: str) -> str:
-    """``value`` as ASCII JSON of at most :data:`JSON_MAX_CHARS` characters (a larger value
-    becomes a truncation marker holding a preview). Raises ValidationError if ``value`` is not
+def dump_json(value: Mapping[str, Any], *, what: str, limit: int = JSON_MAX_CHARS) -> str:
+    """``value`` as ASCII JSON of at most ``limit`` characters (a larger value becomes a
+    truncation marker holding a preview). Raises ValidationError if ``value`` is not
     JSON-serialisable."""
     try:
         text = json.dumps(value, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as err:
         raise ValidationError(f"{what} is not JSON-serialisable: {err}", field=what) from err
-    if len(text) <= JSON_MAX_CHARS:
+    if len(text) <= limit:
         return text
     marker = {"truncated": True, "originalChars": len(text), "preview": text[:TRUNCATED_PREVIEW_CHARS]}
     return json.dumps(marker, ensure_ascii=True, separators=(",", ":"))
@@ -408,14 +424,36 @@ def _split(name: str, text: str) -> dict[str, str]:
     return {(name if n == 0 else f"{name}{n}"): part for n, part in enumerate(parts)}
 
 
-def _join(entity: Mapping[str, Any], name: str) -> str:
+def _join(entity: Mapping[str, Any], name: str, max_parts: int = JSON_MAX_PARTS) -> str:
     parts = [str(entity.get(name) or "")]
-    for n in range(1, JSON_MAX_PARTS):
+    for n in range(1, max_parts):
         part = entity.get(f"{name}{n}")
         if part is None:
             break
         parts.append(str(part))
     return "".join(parts)
+
+
+def _page_row(index: int, token: str, number: int) -> str:
+    return f"{index:04d}.{token}.{number:04d}"
+
+
+def _join_pages(pages: Mapping[str, Mapping[str, Any]], index: int, token: str, count: int, *, what: str) -> str:
+    """The text stored over ``count`` page rows, checked against its token (a SHA-256 prefix).
+
+    Raises TransientError when a page is missing or the text does not match: a page row is
+    written before the step entity naming it, so this only happens when storage lost or
+    changed a row; a retry re-reads."""
+    parts: list[str] = []
+    for number in range(count):
+        page = pages.get(_page_row(index, token, number))
+        if page is None:
+            raise TransientError(f"result page {number} of {count} of {what} is missing")
+        parts.append(_join(page, "Data", PAGE_PARTS))
+    text = "".join(parts)
+    if hashlib.sha256(text.encode("ascii")).hexdigest()[:32] != token:
+        raise TransientError(f"the result pages of {what} do not match their checksum")
+    return text
 
 
 def _etag(metadata: Mapping[str, Any]) -> str:
@@ -613,8 +651,8 @@ class TableJournal:
 
     # steps ------------------------------------------------------------------------------
 
-    @staticmethod
-    def _step_entity(step: Step) -> dict[str, Any]:
+    def _step_entity(self, step: Step) -> dict[str, Any]:
+        """The step's entity; a result too large for it is written to page rows first."""
         entity: dict[str, Any] = {
             "PartitionKey": step.run_id,
             "RowKey": f"{step.index:04d}",
@@ -623,7 +661,7 @@ class TableJournal:
             "Attempt": step.attempt,
             "Owner": step.owner,
             "Started": step.started,
-            **_split("Result", dump_json(step.result, what="result")),
+            **self._result_columns(step, dump_json(step.result, what="result", limit=STEP_RESULT_MAX_CHARS)),
         }
         if step.finished is not None:
             entity["Finished"] = step.finished
@@ -631,29 +669,58 @@ class TableJournal:
             entity["Error"] = step.error
         return entity
 
-    @staticmethod
-    def _to_step(entity: Mapping[str, Any]) -> Step:
+    def _result_columns(self, step: Step, text: str) -> dict[str, Any]:
+        if len(text) <= JSON_MAX_CHARS:
+            return _split("Result", text)
+        token = hashlib.sha256(text.encode("ascii")).hexdigest()[:32]
+        pages = [text[i : i + PAGE_MAX_CHARS] for i in range(0, len(text), PAGE_MAX_CHARS)]
+        what = f"write result pages of step {step.index} ({step.name}) of run {step.run_id}"
+        for number, page in enumerate(pages):
+            row = {"PartitionKey": step.run_id, "RowKey": _page_row(step.index, token, number),
+                   **_split("Data", page)}
+            try:
+                self._steps.upsert_entity(row, mode=UpdateMode.REPLACE)
+            except AzureError as err:
+                raise translate(err, what=what) from err
+        return {"Result": "", "ResultToken": token, "ResultPages": len(pages)}
+
+    def _to_step(self, entity: Mapping[str, Any], pages: Mapping[str, Mapping[str, Any]] | None = None) -> Step:
+        """The step in ``entity``; its result pages are taken from ``pages`` (RowKey -> page
+        row) when given, else read."""
         finished = entity.get("Finished")
         error = entity.get("Error")
+        run_id, index = str(entity["PartitionKey"]), int(entity["RowKey"])
+        token, count = entity.get("ResultToken"), entity.get("ResultPages")
+        if token and count:
+            if pages is None:
+                lo = _page_row(index, str(token), 0)[:-4]
+                pages = {str(p["RowKey"]): p for p in self._query(
+                    self._steps, "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi",
+                    {"pk": run_id, "lo": lo, "hi": lo[:-1] + "/"},
+                    what=f"read result pages of step {index} of run {run_id}")}
+            text = _join_pages(pages, index, str(token), int(count), what=f"step {index} of run {run_id}")
+        else:
+            text = _join(entity, "Result")
         return Step(
-            run_id=str(entity["PartitionKey"]),
-            index=int(entity["RowKey"]),
+            run_id=run_id,
+            index=index,
             name=str(entity["Name"]),
             status=str(entity["Status"]),
             attempt=int(entity["Attempt"]),
             owner=str(entity.get("Owner") or ""),
             started=_utc(entity["Started"]),
             finished=None if finished is None else _utc(finished),
-            result=load_json(_join(entity, "Result")),
+            result=load_json(text),
             error=None if error is None else str(error),
             etag=_entity_etag(entity),
         )
 
     def steps(self, run_id: str) -> list[Step]:
-        entities = self._query(
+        entities = list(self._query(
             self._steps, "PartitionKey eq @pk", {"pk": run_id}, what=f"list steps of run {run_id}"
-        )
-        return [self._to_step(e) for e in entities]
+        ))
+        pages = {str(e["RowKey"]): e for e in entities if len(str(e["RowKey"])) > 4}
+        return [self._to_step(e, pages) for e in entities if len(str(e["RowKey"])) == 4]
 
     def _get_step(self, run_id: str, index: int) -> Step | None:
         try:
@@ -916,7 +983,7 @@ def _completed(
     return dataclasses.replace(
         step,
         status=_check(status, COMPLETE_STEP_STATUSES, what="status"),
-        result=load_json(dump_json(result, what="result")),
+        result=load_json(dump_json(result, what="result", limit=STEP_RESULT_MAX_CHARS)),
         error=None if error is None else _clip(error),
         finished=_now(clock),
     )

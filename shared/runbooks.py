@@ -61,6 +61,7 @@ URI, or ``remove-access``, which cuts an identity off the whole vault) creates t
 from __future__ import annotations
 
 import secrets
+import sys
 import threading
 import weakref
 from collections import Counter
@@ -78,7 +79,7 @@ from shared.config import Settings
 from shared.errors import ConfigError, NotFoundError, PermanentError, TransientError, ValidationError
 from shared.inventory import Inventory, for_key
 from shared.journal import (
-    JSON_MAX_CHARS,
+    STEP_RESULT_MAX_CHARS,
     ConflictError,
     Journal,
     Lease,
@@ -118,6 +119,10 @@ VERIFY_INTERVAL: Final = timedelta(seconds=30)
 # Key Vault allows 15 tags per key version.
 MAX_VERSION_TAGS: Final = 15
 # Attempts per item of the act step on transient errors before the step is handed back.
+# A run's summary and its outcome event name at most this many resources or versions per list
+# (with the full count): an Event Grid event is limited to 1 MB and a run record to what one
+# Table entity holds; the whole lists stay on the run's steps (GET /api/runs/{id}).
+SAMPLE_MAX: Final = 100
 ITEM_ATTEMPTS: Final = 3
 ITEM_BACKOFF_S: Final = 1.0
 # Hook phases: after the claim is recorded, after the step acted (not yet recorded), after
@@ -234,11 +239,21 @@ class _StepFailed(Exception):
 def _fits(step: str, result: JsonDict) -> JsonDict:
     """``result`` if it fits one journal record untruncated; the records of resolve, snapshot
     and act drive later steps (and a restore), so a truncated one must never be written."""
-    text = dump_json(result, what=f"{step} result")
-    if len(text) >= JSON_MAX_CHARS and step in ("resolve", "snapshot", "act"):
+    text = dump_json(result, what=f"{step} result", limit=sys.maxsize)  # never the truncation marker
+    if len(text) > STEP_RESULT_MAX_CHARS and step in ("resolve", "snapshot", "act"):
         raise PermanentError(f"the {step} result is too large for one journal record ({len(text)} characters)",
                              code="ResultTooLarge")
     return result
+
+
+def _sampled(name: str, items: Iterable[str] | Mapping[str, Any]) -> JsonDict:
+    """``{name: the first SAMPLE_MAX items (sorted), name + "Count": how many}``; a mapping
+    keeps its values for the items it names."""
+    keys = sorted(items)
+    count = {f"{name}Count": len(keys)}
+    if isinstance(items, Mapping):
+        return {name: {k: items[k] for k in keys[:SAMPLE_MAX]}, **count}
+    return {name: keys[:SAMPLE_MAX], **count}
 
 
 def _iso(when: datetime) -> str:
@@ -685,10 +700,10 @@ class Runbooks:
         verify = ctx.results.get("verify", {})
         summary = {
             "done": len(act.get("done", [])),
-            "failed": act.get("failed", {}),
+            **_sampled("failed", act.get("failed", {})),
             "confirmed": len(verify.get("confirmed", {})),
-            "unconfirmed": sorted(verify.get("unconfirmed", {})),
-            "unverifiable": verify.get("unverifiable", []),
+            **_sampled("unconfirmed", list(verify.get("unconfirmed", {}))),
+            **_sampled("unverifiable", verify.get("unverifiable", [])),
         }
         run = self._update_run(ctx.run.run_id, status=status, result=summary)
         self._log.info("run-finished", run=run.run_id, kind=run.kind, status=status, **{
@@ -1002,9 +1017,10 @@ class Runbooks:
             "run": run.run_id, "key": run.key, "mode": run.params.get("mode"), "status": status,
             "reason": run.reason, "ticket": run.ticket, "caller": run.caller_oid,
             "emergency": bool(run.params.get("emergency")), "revokeRun": run.params.get("revokeRun"),
-            "changed": act.get("done", []), "failed": act.get("failed", {}), "untagged": act.get("untagged", []),
-            "confirmed": sorted(verify.get("confirmed", {})), "unconfirmed": sorted(verify.get("unconfirmed", {})),
-            "unverifiable": verify.get("unverifiable", []),
+            **_sampled("changed", act.get("done", [])), **_sampled("failed", act.get("failed", {})),
+            **_sampled("untagged", act.get("untagged", [])), **_sampled("confirmed", list(verify.get("confirmed", {}))),
+            **_sampled("unconfirmed", list(verify.get("unconfirmed", {}))),
+            **_sampled("unverifiable", verify.get("unverifiable", [])),
         }
         self._notifier.publish([Outcome(kind, run.key, data, severity)])
         return {"published": kind, "status": status}

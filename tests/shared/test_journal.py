@@ -15,6 +15,8 @@ from azure.data.tables import TableServiceClient
 from shared.errors import ConfigError, NotFoundError, PermanentError, ValidationError
 from shared.journal import (
     JSON_MAX_CHARS,
+    PAGE_MAX_CHARS,
+    STEP_RESULT_MAX_CHARS,
     ConflictError,
     Journal,
     Lease,
@@ -390,6 +392,66 @@ def test_long_step_error_is_clipped(journal: Journal) -> None:
     assert done.error is not None
     assert done.error.endswith("[truncated]")
     assert journal.steps(run.run_id)[0].error == done.error
+
+
+def _radius(bindings: int) -> dict[str, Any]:
+    """A blast radius the size of a large fleet's: ~250 characters per binding."""
+    return {"bindings": [
+        {"resourceId": f"/subscriptions/{n % 7:08d}-0000-0000-0000-000000000000/resourceGroups/rg-{n}"
+                       f"/providers/Microsoft.Kusto/clusters/cluster-{n:05d}",
+         "service": "kusto", "version": f"{n % 50:032x}", "affected": "yes", "health": "healthy",
+         "principalId": str(uuid.UUID(int=n))}
+        for n in range(bindings)
+    ], "note": "é ✓ \U0001f511"}
+
+
+def test_large_step_results_are_paged_and_read_back_whole(backend: Backend) -> None:
+    journal = backend.journal
+    run = make_run(journal)
+    first = journal.claim_step(run.run_id, 0, "resolve", owner="a", stale_after=STALE)
+    second = journal.claim_step(run.run_id, 1, "snapshot", owner="a", stale_after=STALE)
+    assert first is not None and second is not None
+    large = _radius(4000)  # ~1 M characters: over JSON_MAX_CHARS, three pages
+    assert len(str(large)) > 2 * PAGE_MAX_CHARS
+
+    done = journal.complete_step(first, status="succeeded", result=large)
+    journal.complete_step(second, status="succeeded", result={"enabled": ["v1"]})
+
+    assert done.result == large
+    for reader in (journal, backend.another()):
+        steps = reader.steps(run.run_id)
+        assert [s.index for s in steps] == [0, 1]
+        assert steps[0].result == large
+        assert steps[1].result == {"enabled": ["v1"]}
+        assert steps[0].etag == done.etag
+
+
+def test_paged_progress_survives_a_reclaim_and_a_smaller_result_replaces_it(journal: Journal) -> None:
+    run = make_run(journal)
+    step = journal.claim_step(run.run_id, 0, "verify", owner="a", stale_after=STALE)
+    assert step is not None
+    progress = _radius(2000)
+    journal.complete_step(step, status="pending", result=progress)
+
+    again = journal.claim_step(run.run_id, 0, "verify", owner="b", stale_after=STALE)
+    assert again is not None and again.result == progress and again.attempt == 2
+    assert journal.steps(run.run_id)[0].result == progress
+
+    journal.complete_step(again, status="succeeded", result={"confirmed": 2000})
+    assert journal.steps(run.run_id)[0].result == {"confirmed": 2000}
+    assert journal.claim_step(run.run_id, 0, "verify", owner="c", stale_after=STALE) is None
+
+
+def test_step_result_beyond_the_paged_limit_is_truncated(journal: Journal) -> None:
+    run = make_run(journal)
+    step = journal.claim_step(run.run_id, 0, "verify", owner="a", stale_after=STALE)
+    assert step is not None
+
+    done = journal.complete_step(step, status="succeeded", result={"blob": "z" * STEP_RESULT_MAX_CHARS})
+
+    got = journal.steps(run.run_id)[0].result
+    assert got == done.result
+    assert got["truncated"] is True and got["originalChars"] > STEP_RESULT_MAX_CHARS
 
 
 def _race(count: int, attempt: Callable[[int], T | None]) -> list[T | None]:
