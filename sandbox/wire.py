@@ -27,6 +27,7 @@ class Service:
     ARM = "arm"
     VAULT = "vault"
     ADMIN = "admin"
+    TOPIC = "topic"  # an Event Grid custom topic's publish endpoint
 
 
 @dataclass
@@ -40,7 +41,7 @@ class Request:
     headers: dict[str, str]  # lower-cased names
     body: bytes
     service: str
-    vault: str | None = None  # vault name for Service.VAULT requests
+    vault: str | None = None  # vault name for Service.VAULT requests, topic name for Service.TOPIC
 
     @staticmethod
     def build(

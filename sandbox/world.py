@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sandbox import admin, arm, eventgrid, keyvault, services
+from sandbox import admin, arm, eventgrid, keyvault, services, topics
 from sandbox.clock import SandboxClock
 from sandbox.faults import FaultSet, Throttle
 from sandbox.state import ArmResource, Operation, Vault
@@ -108,6 +108,8 @@ class World:
             return Service.ADMIN, None
         if bare.endswith(VAULT_SUFFIX):
             return Service.VAULT, bare[: -len(VAULT_SUFFIX)]
+        if bare.endswith(topics.TOPIC_SUFFIX):
+            return Service.TOPIC, bare.split(".", 1)[0]
         raise SandboxError(404, "HostNotFound", f"No sandbox service answers for host {host}.")
 
     def handle(self, req: Request) -> Response:
@@ -143,6 +145,8 @@ class World:
                     return keyvault.handle(self, req)
                 if req.service == Service.ARM:
                     return arm.handle(self, req)
+                if req.service == Service.TOPIC:
+                    return topics.handle(self, req, req.vault or "")
                 return error_response(404, "HostNotFound", f"Unknown service {req.service}.")
         except SandboxError as err:
             return err.response()

@@ -1,9 +1,15 @@
 """Outcome events: one per action keysteward takes or declines, published to an Event Grid
 custom topic (``KEYSTEWARD_OUTCOME_TOPIC``) so operators route them to their alerting.
+
+Delivery is at least once: a run that dies between publishing and recording that it did
+publishes again when resumed. An outcome with an ``event_id`` (the runbooks use
+``<run id>.<kind>``) is published under that id every time, so a subscriber can drop the
+repeat; Event Grid itself does not deduplicate.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -11,9 +17,14 @@ from typing import Any, Protocol
 import structlog
 from azure.core.credentials import TokenCredential
 from azure.core.exceptions import AzureError
-from azure.eventgrid import EventGridEvent, EventGridPublisherClient
+from azure.eventgrid import EventGridEvent
 
-from shared.errors import translate
+# azure-eventgrid 4.22's public EventGridPublisherClient builds this client for a basic topic
+# without passing on its keyword arguments (transport, connection_verify, retry settings),
+# so they would be silently dropped; this is the client it builds, given them directly.
+from azure.eventgrid._legacy import EventGridPublisherClient
+
+from shared.errors import PermanentError, translate
 
 EVENT_PREFIX = "KeySteward."
 
@@ -26,6 +37,7 @@ class Outcome:
     subject: str  # resource id or key URI
     data: dict[str, Any] = field(default_factory=dict)
     severity: str = "info"  # info | warning | incident
+    event_id: str | None = None  # a stable id makes a re-published outcome recognisable
 
 
 class Notifier(Protocol):
@@ -52,28 +64,51 @@ class RecordingNotifier:
 
 
 class EventGridNotifier:
-    """Publishes outcomes to an Event Grid custom topic with ``EventGridPublisherClient``."""
+    """Publishes outcomes to an Event Grid custom topic with ``EventGridPublisherClient``.
 
-    # Event Grid accepts up to 1 MB per publish call; 100 small events stay far below it.
-    BATCH = 100
+    Events go out in requests of at most :attr:`MAX_REQUEST_BYTES` (Event Grid accepts 1 MB
+    per request). An outcome whose event alone is larger (nothing keysteward publishes comes
+    near: lists are sampled) is published with its data replaced by a note saying so, rather
+    than failing the step that publishes it.
+    """
+
+    MAX_REQUEST_BYTES = 1_000_000  # under Event Grid's 1 MB, leaving room for the array
+    MAX_EVENTS = 100
 
     def __init__(self, endpoint: str, credential: TokenCredential, **client_kwargs: Any) -> None:
         self._client = EventGridPublisherClient(endpoint, credential, **client_kwargs)
         self._log = LogNotifier()
 
+    def _event(self, o: Outcome) -> tuple[EventGridEvent, int]:
+        data: dict[str, Any] = {**o.data, "severity": o.severity}
+        size = len(json.dumps(data, default=str)) + len(o.subject) + 512
+        if size > self.MAX_REQUEST_BYTES:
+            data = {"severity": o.severity, "truncated": True, "originalBytes": size,
+                    "note": "outcome too large for one event; see the keysteward log or run journal"}
+            size = len(json.dumps(data)) + len(o.subject) + 512
+        extra: dict[str, Any] = {"id": o.event_id} if o.event_id else {}
+        event = EventGridEvent(subject=o.subject, event_type=EVENT_PREFIX + o.kind, data=data,
+                               data_version="1.0", **extra)
+        return event, size
+
     def publish(self, outcomes: Sequence[Outcome]) -> None:
         self._log.publish(outcomes)
-        events = [
-            EventGridEvent(
-                subject=o.subject,
-                event_type=EVENT_PREFIX + o.kind,
-                data={**o.data, "severity": o.severity},
-                data_version="1.0",
-            )
-            for o in outcomes
-        ]
-        for i in range(0, len(events), self.BATCH):
-            try:
-                self._client.send(events[i : i + self.BATCH])
-            except AzureError as err:
-                raise translate(err, what="publish outcome events") from err
+        batch: list[EventGridEvent] = []
+        batch_bytes = 0
+        for o in outcomes:
+            event, size = self._event(o)
+            if batch and (batch_bytes + size > self.MAX_REQUEST_BYTES or len(batch) >= self.MAX_EVENTS):
+                self._send(batch)
+                batch, batch_bytes = [], 0
+            batch.append(event)
+            batch_bytes += size
+        if batch:
+            self._send(batch)
+
+    def _send(self, events: list[EventGridEvent]) -> None:
+        try:
+            self._client.send(events)
+        except AzureError as err:
+            raise translate(err, what="publish outcome events") from err
+        except (TypeError, ValueError) as err:  # an event the SDK cannot serialise
+            raise PermanentError(f"publish outcome events: {err}", code="OutcomeNotSerialisable") from err

@@ -716,7 +716,8 @@ class Runbooks:
         kind = "RevocationFailed" if run.kind == "revoke" else "RestoreFailed"
         self._notifier.publish([Outcome(kind, run.key, {
             "run": run.run_id, "key": run.key, "step": failed.step, "error": failed.error,
-            "reason": run.reason, "ticket": run.ticket, "caller": run.caller_oid}, "incident")])
+            "reason": run.reason, "ticket": run.ticket, "caller": run.caller_oid}, "incident",
+            event_id=f"{run.run_id}.{kind}")])
         self._log.error("run-failed", run=run.run_id, step=failed.step, error=failed.error)
         return run
 
@@ -1022,7 +1023,7 @@ class Runbooks:
             **_sampled("unconfirmed", list(verify.get("unconfirmed", {}))),
             **_sampled("unverifiable", verify.get("unverifiable", [])),
         }
-        self._notifier.publish([Outcome(kind, run.key, data, severity)])
+        self._notifier.publish([Outcome(kind, run.key, data, severity, event_id=f"{run.run_id}.{kind}")])
         return {"published": kind, "status": status}
 
 

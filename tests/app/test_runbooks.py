@@ -17,6 +17,7 @@ import pytest
 from azure.data.tables import TableServiceClient
 
 from sandbox import seeds
+from sandbox.faults import FaultRule
 from sandbox.transport import SandboxTransport, StaticTokenCredential
 from sandbox.world import World
 from shared.app import Keysteward, build
@@ -564,3 +565,56 @@ def test_a_key_bound_to_a_large_fleet_is_revoked_and_restored_through_table_stor
     assert back.run.status == "succeeded", back.run.result
     assert all(v.enabled for v in world.vaults["kv-fleet"].keys["cmk-fleet"].versions.values())
     table.close()
+
+
+# ---- outcome events on an Event Grid topic --------------------------------------------------------
+
+TOPIC = "https://outcomes.westeurope-1.eventgrid.azure.net/api/events"
+
+
+def test_outcome_events_reach_the_topic_with_stable_ids() -> None:
+    """The real notifier (KEYSTEWARD_OUTCOME_TOPIC) through the sandbox's custom topic: a
+    resumed run that publishes again publishes under the same event id."""
+    world = World()
+    estate = make_estate(world)
+    settings = load_settings({"KEYSTEWARD_SUBSCRIPTIONS": ",".join(estate.subs), "KEYSTEWARD_VAULTS": estate.vault_url,
+                              "KEYSTEWARD_VERIFY_DEADLINE_MINUTES": "60", "KEYSTEWARD_OUTCOME_TOPIC": TOPIC})
+    app = build(settings, clock=world.clock, transport_factory=lambda: SandboxTransport(world),
+                credential=StaticTokenCredential(), queue=MemoryQueue(), polling_interval=0,
+                journal=MemoryJournal(world.clock))
+    key = parse_key_uri(estate.key_uri, allowed_vaults=None)
+    request = RevokeRequest(key, "disable", "key exposed", "INC-8", emergency=True)
+    with pytest.raises(Killed):  # dies after publishing, before recording that it did
+        runbooks_for(app, hook=killer("publish", "acted")).revoke(request, ALICE, budget=LONG)
+    world.clock.advance(STEP_STALE_AFTER + timedelta(seconds=1))
+    [run] = runbooks_for(app).runs(key)
+    view = runbooks_for(app).resume(run.run_id, budget=LONG)
+
+    assert view.run.status == "succeeded"
+    revoked = [e for e in world.eventgrid.published if e["eventType"] == "KeySteward.KeyRevoked"]
+    assert [e["id"] for e in revoked] == [f"{run.run_id}.KeyRevoked"] * 2
+    assert all(e["topic"].endswith("/providers/Microsoft.EventGrid/topics/outcomes") for e in revoked)
+    data = revoked[-1]["data"]
+    assert data["severity"] == "incident" and data["confirmedCount"] == len(data["confirmed"]) == 7
+    assert data["changedCount"] == 1 and data["run"] == run.run_id
+
+
+def test_a_topic_outage_leaves_the_run_to_publish_on_resume() -> None:
+    world = World()
+    estate = make_estate(world)
+    settings = load_settings({"KEYSTEWARD_SUBSCRIPTIONS": ",".join(estate.subs), "KEYSTEWARD_VAULTS": estate.vault_url,
+                              "KEYSTEWARD_VERIFY_DEADLINE_MINUTES": "60", "KEYSTEWARD_OUTCOME_TOPIC": TOPIC})
+    app = build(settings, clock=world.clock, transport_factory=lambda: SandboxTransport(world),
+                credential=StaticTokenCredential(), queue=MemoryQueue(), polling_interval=0,
+                journal=MemoryJournal(world.clock))
+    key = parse_key_uri(estate.key_uri, allowed_vaults=None)
+    world.faults.set_rules([FaultRule.parse({"host": r"outcomes\..*", "status": 503})])
+    view = runbooks_for(app).revoke(RevokeRequest(key, "disable", "key exposed", "INC-8", emergency=True), ALICE,
+                                    budget=LONG)
+    assert view.run.status == "running" and view.waiting == "publish", view.as_dict()
+    assert all(not p.enabled for p in estate.keys.list_properties_of_key_versions(estate.key_name))
+    world.faults.clear()
+    done = runbooks_for(app).resume(view.run.run_id, budget=LONG)
+    assert done.run.status == "succeeded"
+    assert [e["eventType"] for e in world.eventgrid.published if e["eventType"].startswith("KeySteward.Key")] == [
+        "KeySteward.KeyRevoked"]
