@@ -572,9 +572,8 @@ def test_a_key_bound_to_a_large_fleet_is_revoked_and_restored_through_table_stor
 TOPIC = "https://outcomes.westeurope-1.eventgrid.azure.net/api/events"
 
 
-def test_outcome_events_reach_the_topic_with_stable_ids() -> None:
-    """The real notifier (KEYSTEWARD_OUTCOME_TOPIC) through the sandbox's custom topic: a
-    resumed run that publishes again publishes under the same event id."""
+def topic_app() -> tuple[World, Estate, Keysteward, KeyRef]:
+    """An estate and an app whose outcomes go to the sandbox's custom topic (no recording notifier)."""
     world = World()
     estate = make_estate(world)
     settings = load_settings({"KEYSTEWARD_SUBSCRIPTIONS": ",".join(estate.subs), "KEYSTEWARD_VAULTS": estate.vault_url,
@@ -582,7 +581,13 @@ def test_outcome_events_reach_the_topic_with_stable_ids() -> None:
     app = build(settings, clock=world.clock, transport_factory=lambda: SandboxTransport(world),
                 credential=StaticTokenCredential(), queue=MemoryQueue(), polling_interval=0,
                 journal=MemoryJournal(world.clock))
-    key = parse_key_uri(estate.key_uri, allowed_vaults=None)
+    return world, estate, app, parse_key_uri(estate.key_uri, allowed_vaults=None)
+
+
+def test_outcome_events_reach_the_topic_with_stable_ids() -> None:
+    """The real notifier (KEYSTEWARD_OUTCOME_TOPIC) through the sandbox's custom topic: a
+    resumed run that publishes again publishes under the same event id."""
+    world, estate, app, key = topic_app()
     request = RevokeRequest(key, "disable", "key exposed", "INC-8", emergency=True)
     with pytest.raises(Killed):  # dies after publishing, before recording that it did
         runbooks_for(app, hook=killer("publish", "acted")).revoke(request, ALICE, budget=LONG)
@@ -600,14 +605,7 @@ def test_outcome_events_reach_the_topic_with_stable_ids() -> None:
 
 
 def test_a_topic_outage_leaves_the_run_to_publish_on_resume() -> None:
-    world = World()
-    estate = make_estate(world)
-    settings = load_settings({"KEYSTEWARD_SUBSCRIPTIONS": ",".join(estate.subs), "KEYSTEWARD_VAULTS": estate.vault_url,
-                              "KEYSTEWARD_VERIFY_DEADLINE_MINUTES": "60", "KEYSTEWARD_OUTCOME_TOPIC": TOPIC})
-    app = build(settings, clock=world.clock, transport_factory=lambda: SandboxTransport(world),
-                credential=StaticTokenCredential(), queue=MemoryQueue(), polling_interval=0,
-                journal=MemoryJournal(world.clock))
-    key = parse_key_uri(estate.key_uri, allowed_vaults=None)
+    world, estate, app, key = topic_app()
     world.faults.set_rules([FaultRule.parse({"host": r"outcomes\..*", "status": 503})])
     view = runbooks_for(app).revoke(RevokeRequest(key, "disable", "key exposed", "INC-8", emergency=True), ALICE,
                                     budget=LONG)
