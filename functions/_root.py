@@ -23,9 +23,10 @@ def get_app() -> Keysteward:
         if _app is None:
             configure()
             settings = load_settings(os.environ)
-            if settings.storage_connection is None:
+            if not settings.has_storage:
                 # Without it the fan-out and confirm passes would have nowhere to go.
-                raise ConfigError("AzureWebJobsStorage is required by the Functions app (queues and the run journal)")
+                raise ConfigError("AzureWebJobsStorage is required by the Functions app (queues and the run journal): "
+                                  "a connection string, or AzureWebJobsStorage__accountName for identity-based access")
             _app = build(settings)
         return _app
 

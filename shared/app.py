@@ -23,7 +23,7 @@ from shared.clock import Clock, RemoteSandboxClock, SystemClock
 from shared.config import Settings
 from shared.events import IgnoredEvent, KeyEventType, KeyVaultEvent
 from shared.inventory import ArmInventory, Inventory, ResourceGraphInventory, by_key, for_key
-from shared.journal import Journal, MemoryJournal, from_connection_string
+from shared.journal import Journal, MemoryJournal, TableJournal, from_connection_string, table_service_with_identity
 from shared.keyvault import KeyStore, SdkKeyStore
 from shared.model import Binding, KeyRef, ServiceType
 from shared.notify import EventGridNotifier, LogNotifier, Notifier, Outcome
@@ -227,9 +227,10 @@ def build(
     """Wires every dependency for ``settings``; what is passed in replaces the default.
 
     ``budget`` replaces the ARM write budget built from the settings (it paces writes per
-    subscription; a benchmark passes one on the sandbox's clock). The run journal defaults to a
-    :class:`~shared.journal.TableJournal` over ``settings.storage_connection`` (tables created
-    on first use), else a MemoryJournal.
+    subscription; a benchmark passes one on the sandbox's clock). The work queue and the run
+    journal (a :class:`~shared.journal.TableJournal`, tables created on first use) go to the
+    storage account of ``AzureWebJobsStorage``, by connection string or, when only the
+    identity-based settings are given, with the app's credential; without either, to memory.
     """
     clients = factory_for(settings, transport_factory=transport_factory, credential=credential,
                           polling_interval=polling_interval)
@@ -244,13 +245,23 @@ def build(
             if settings.outcome_topic else LogNotifier()
         )
     if queue is None:
-        queue = (StorageWorkQueue(settings.storage_connection, settings.work_queue)
-                 if settings.storage_connection else MemoryQueue())
+        if settings.storage_connection:
+            queue = StorageWorkQueue(settings.storage_connection, settings.work_queue)
+        elif settings.storage_queue_uri:
+            queue = StorageWorkQueue.with_identity(settings.storage_queue_uri, settings.work_queue, clients.credential)
+        else:
+            queue = MemoryQueue()
     clock = clock or _clock_for(settings)
     journal_source: Journal | Callable[[], Journal] | None = journal
     if journal_source is None and settings.storage_connection:
         journal_source = functools.partial(from_connection_string, settings.storage_connection, clock=clock,
                                            table_prefix=settings.table_prefix)
+    elif journal_source is None and settings.storage_table_uri:
+        table_uri, table_credential, journal_clock = settings.storage_table_uri, clients.credential, clock
+
+        def journal_source() -> Journal:
+            return TableJournal(table_service_with_identity(table_uri, table_credential), clock=journal_clock,
+                                table_prefix=settings.table_prefix)
 
     return Keysteward(
         settings=settings,

@@ -75,7 +75,11 @@ class Settings:
     sandbox: str | None = None
     """KEYSTEWARD_SANDBOX: path of a sandbox connection file; every client and the clock go there."""
     storage_connection: str | None = None
-    """AzureWebJobsStorage: queues (fan-out) and tables (run journal)."""
+    """AzureWebJobsStorage: queues (fan-out) and tables (run journal), as a connection string."""
+    storage_queue_uri: str | None = None
+    """AzureWebJobsStorage__queueServiceUri (or __accountName): queue endpoint reached by identity."""
+    storage_table_uri: str | None = None
+    """AzureWebJobsStorage__tableServiceUri (or __accountName): table endpoint reached by identity."""
     retention: timedelta = timedelta(hours=MIN_RETENTION_HOURS)
     """KEYSTEWARD_RETENTION_HOURS (24): hours an old version stays enabled after its successor."""
     max_concurrency: int = 16
@@ -125,6 +129,54 @@ class Settings:
 
     def accepts_size(self, service: ServiceType, size: int | None) -> bool:
         return size is not None and size in self.key_sizes.get(service, frozenset())
+
+    @property
+    def has_storage(self) -> bool:
+        """Whether a storage account is configured, by connection string or by identity."""
+        return self.storage_connection is not None or self.storage_queue_uri is not None
+
+
+STORAGE = "AzureWebJobsStorage"
+# Storage account names: 3 to 24 lower-case letters and digits.
+_ACCOUNT_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
+
+
+def _https_uri(env: Mapping[str, str], name: str) -> str | None:
+    value = (env.get(name) or "").strip().rstrip("/")
+    if not value:
+        return None
+    if not value.lower().startswith("https://") or len(value) <= len("https://"):
+        raise ConfigError(f"{name}: an https:// service URI is required (a bearer token never goes over http)")
+    return value
+
+
+def _storage_identity(env: Mapping[str, str]) -> tuple[str | None, str | None]:
+    """(queue URI, table URI) of an identity-based ``AzureWebJobsStorage``, as the Functions
+    host reads it: ``__queueServiceUri`` / ``__tableServiceUri``, else both derived from
+    ``__accountName`` (public cloud endpoints); ``(None, None)`` when neither is set.
+
+    The code authenticates with the app's credential (``AZURE_CLIENT_ID``), so a
+    ``__clientId`` naming another identity is refused rather than silently ignored."""
+    queue = _https_uri(env, f"{STORAGE}__queueServiceUri")
+    table = _https_uri(env, f"{STORAGE}__tableServiceUri")
+    account = (env.get(f"{STORAGE}__accountName") or "").strip()
+    if account and not (3 <= len(account) <= 24 and set(account) <= _ACCOUNT_CHARS):
+        raise ConfigError(f"{STORAGE}__accountName: {account!r} is not a storage account name "
+                          "(3-24 lower-case letters and digits)")
+    if account:
+        queue = queue or f"https://{account}.queue.core.windows.net"
+        table = table or f"https://{account}.table.core.windows.net"
+    if (queue is None) != (table is None):
+        raise ConfigError(f"{STORAGE}: set __accountName, or both __queueServiceUri and __tableServiceUri")
+    credential = (env.get(f"{STORAGE}__credential") or "managedidentity").strip().lower()
+    if queue is not None and credential != "managedidentity":
+        raise ConfigError(f"{STORAGE}__credential: only 'managedidentity' is supported")
+    client_id = (env.get(f"{STORAGE}__clientId") or "").strip().lower()
+    app_client_id = (env.get("AZURE_CLIENT_ID") or "").strip().lower()
+    if queue is not None and client_id and client_id != app_client_id:
+        raise ConfigError(f"{STORAGE}__clientId names another identity than AZURE_CLIENT_ID; keysteward's "
+                          "code reaches storage with AZURE_CLIENT_ID's identity: use one identity for both")
+    return queue, table
 
 
 def _csv(raw: str | None) -> tuple[str, ...]:
@@ -194,11 +246,14 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     drift = (env.get("KEYSTEWARD_DRIFT_MODE") or "repair").strip().lower()
     if drift not in ("repair", "alert"):
         raise ConfigError("KEYSTEWARD_DRIFT_MODE: use 'repair' or 'alert'")
+    queue_uri, table_uri = _storage_identity(env)
     return Settings(
         subscriptions=subscriptions,
         vaults=vaults,
         sandbox=sandbox,
-        storage_connection=(env.get("AzureWebJobsStorage") or "").strip() or None,
+        storage_connection=(env.get(STORAGE) or "").strip() or None,
+        storage_queue_uri=queue_uri,
+        storage_table_uri=table_uri,
         retention=timedelta(hours=retention_hours),
         max_concurrency=int(_number(env, "KEYSTEWARD_MAX_CONCURRENCY", 16, minimum=1)),
         arm_writes_per_s=_number(env, "KEYSTEWARD_ARM_WRITES_PER_S", 5.0, minimum=0.1),

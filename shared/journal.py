@@ -68,6 +68,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Protocol
 
 from azure.core import MatchConditions
+from azure.core.credentials import TokenCredential
 from azure.core.exceptions import AzureError, ResourceExistsError, ResourceModifiedError
 from azure.data.tables import TableClient, TableServiceClient, UpdateMode
 
@@ -878,13 +879,20 @@ def table_service(conn: str) -> TableServiceClient:
         raise ConfigError(f"the journal's storage connection string is malformed: {err}") from err
 
 
+def table_service_with_identity(table_service_uri: str, credential: TokenCredential,
+                               **client_kwargs: Any) -> TableServiceClient:
+    """A ``TableServiceClient`` for an identity-based account (no I/O): the table service URI
+    (``https://{account}.table.core.windows.net``) and a token credential."""
+    return TableServiceClient(endpoint=table_service_uri, credential=credential, **client_kwargs)
+
+
 def from_connection_string(conn: str, *, clock: Clock, table_prefix: str = "keysteward") -> TableJournal:
     """A :class:`TableJournal` for a Storage connection string (see :func:`table_service`);
     creates the tables if missing, so it raises TransientError/PermanentError when Storage
     cannot be reached, and ConfigError for a malformed connection string.
 
     An identity-based account (no connection string) needs a ``TableServiceClient`` built
-    with a credential, passed to :class:`TableJournal` directly.
+    with a credential (:func:`table_service_with_identity`), passed to :class:`TableJournal`.
     """
     return TableJournal(table_service(conn), clock=clock, table_prefix=table_prefix)
 

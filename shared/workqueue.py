@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import Any, Protocol
 
+from azure.core.credentials import TokenCredential
 from azure.core.exceptions import AzureError, ResourceExistsError
 from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
 
@@ -105,7 +106,10 @@ class MemoryQueue:
 
 
 class StorageWorkQueue:
-    """The Functions storage account's queue; base64 text, as the queue trigger expects."""
+    """The Functions storage account's queue; base64 text, as the queue trigger expects.
+
+    Built from a connection string, or (:meth:`with_identity`) from the queue service URI and
+    a token credential, for an identity-based ``AzureWebJobsStorage``."""
 
     def __init__(self, connection_string: str, queue_name: str) -> None:
         self._client = QueueClient.from_connection_string(
@@ -115,6 +119,21 @@ class StorageWorkQueue:
             message_decode_policy=TextBase64DecodePolicy(),
         )
         self._created = False
+
+    @classmethod
+    def with_identity(cls, queue_service_uri: str, queue_name: str, credential: TokenCredential,
+                      **client_kwargs: Any) -> StorageWorkQueue:
+        queue = cls.__new__(cls)
+        queue._client = QueueClient(
+            queue_service_uri,
+            queue_name,
+            credential=credential,
+            message_encode_policy=TextBase64EncodePolicy(),
+            message_decode_policy=TextBase64DecodePolicy(),
+            **client_kwargs,
+        )
+        queue._created = False
+        return queue
 
     def put(self, item: WorkItem, *, delay: timedelta = timedelta(0)) -> None:
         try:

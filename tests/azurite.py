@@ -23,15 +23,23 @@ class Azurite:
     blob_port: int
     queue_port: int
     table_port: int
+    scheme: str = "http"  # https when started with a certificate (and OAuth)
 
     @property
     def connection_string(self) -> str:
         return (
-            f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};"
-            f"BlobEndpoint=http://127.0.0.1:{self.blob_port}/{ACCOUNT};"
-            f"QueueEndpoint=http://127.0.0.1:{self.queue_port}/{ACCOUNT};"
-            f"TableEndpoint=http://127.0.0.1:{self.table_port}/{ACCOUNT};"
+            f"DefaultEndpointsProtocol={self.scheme};AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};"
+            f"BlobEndpoint={self.scheme}://127.0.0.1:{self.blob_port}/{ACCOUNT};"
+            f"QueueEndpoint={self.queue_uri};TableEndpoint={self.table_uri};"
         )
+
+    @property
+    def queue_uri(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.queue_port}/{ACCOUNT}"
+
+    @property
+    def table_uri(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.table_port}/{ACCOUNT}"
 
 
 def _free_port() -> int:
@@ -56,19 +64,22 @@ def _wait_port(port: int, deadline: float) -> None:
 
 
 @contextlib.contextmanager
-def running_azurite() -> Iterator[tuple[Azurite, subprocess.Popen[bytes]]]:
-    """Runs an in-memory Azurite for the duration of the block."""
+def running_azurite(tls: tuple[Path, Path] | None = None) -> Iterator[tuple[Azurite, subprocess.Popen[bytes]]]:
+    """Runs an in-memory Azurite for the duration of the block. With ``tls`` (certificate and
+    key PEM files) it serves HTTPS and checks bearer tokens (``--oauth basic``: format,
+    lifetime, issuer and audience; not the signature), besides the account key."""
     binary = azurite_binary()
     if binary is None:
         raise RuntimeError("Azurite is not installed: run `npm install` in the project folder")
-    ports = Azurite(_free_port(), _free_port(), _free_port())
+    ports = Azurite(_free_port(), _free_port(), _free_port(), "https" if tls else "http")
+    extra = ["--oauth", "basic", "--cert", str(tls[0]), "--key", str(tls[1])] if tls else []
     workdir = tempfile.mkdtemp(prefix="azurite-")  # debug log and any extent files
     proc = subprocess.Popen(
         [
             binary, "--silent", "--inMemoryPersistence", "--skipApiVersionCheck", "--loose",
             "--blobHost", "127.0.0.1", "--blobPort", str(ports.blob_port),
             "--queueHost", "127.0.0.1", "--queuePort", str(ports.queue_port),
-            "--tableHost", "127.0.0.1", "--tablePort", str(ports.table_port),
+            "--tableHost", "127.0.0.1", "--tablePort", str(ports.table_port), *extra,
         ],
         cwd=workdir,
         stdout=subprocess.DEVNULL,

@@ -333,9 +333,8 @@ def test_every_setting_the_code_reads_is_set(template: dict[str, Any]) -> None:
     for name in sorted(read - NOT_IN_AZURE):
         if name in settings:
             continue
-        # An identity-based connection (AzureWebJobsStorage__accountName ...) also satisfies the
-        # Functions host; this template sets the connection string form because the app's own
-        # queue and table clients need it (docs/deploy.md).
+        # The identity-based form (AzureWebJobsStorage__accountName) serves the host and the
+        # code alike (shared/config.py reads it).
         if f"{name}__accountName" in settings or f"{name}__serviceUri" in settings:
             continue
         missing.add(name)
@@ -351,7 +350,12 @@ def test_settings_that_must_have_fixed_values(template: dict[str, Any]) -> None:
     assert _resolve(template, settings["KEYSTEWARD_RECONCILE_SCHEDULE"]) == "0 */15 * * * *"
     assert _resolve(template, settings["KEYSTEWARD_WORK_QUEUE"]) == "keysteward-work"
     assert "ConnectionString" in settings["APPLICATIONINSIGHTS_CONNECTION_STRING"]
-    assert "listKeys(" in settings["AzureWebJobsStorage"]
+    # Storage by identity: no account key in the app settings, the identity the code uses.
+    assert "AzureWebJobsStorage" not in settings
+    assert _resolve(template, settings["AzureWebJobsStorage__credential"]) == "managedidentity"
+    assert "storageName" in settings["AzureWebJobsStorage__accountName"]
+    assert settings["AzureWebJobsStorage__clientId"] == settings["AZURE_CLIENT_ID"]
+    assert "listKeys(" not in json.dumps(template["resources"])
     rejected = FLEX_REJECTED & set(settings)
     assert not rejected, f"Flex Consumption rejects these app settings: {sorted(rejected)}"
 
