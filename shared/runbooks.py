@@ -123,6 +123,8 @@ MAX_VERSION_TAGS: Final = 15
 # (with the full count): an Event Grid event is limited to 1 MB and a run record to what one
 # Table entity holds; the whole lists stay on the run's steps (GET /api/runs/{id}).
 SAMPLE_MAX: Final = 100
+# How many of the newest finished runs a restore reads to find other revocations in force.
+HELD_SCAN_LIMIT: Final = 1000
 ITEM_ATTEMPTS: Final = 3
 ITEM_BACKOFF_S: Final = 1.0
 # Hook phases: after the claim is recorded, after the step acted (not yet recorded), after
@@ -254,6 +256,13 @@ def _sampled(name: str, items: Iterable[str] | Mapping[str, Any]) -> JsonDict:
     if isinstance(items, Mapping):
         return {name: {k: items[k] for k in keys[:SAMPLE_MAX]}, **count}
     return {name: keys[:SAMPLE_MAX], **count}
+
+
+def _targeted_principals(radius: Mapping[str, Any]) -> set[str]:
+    """The identities (lower-case object ids) whose access a remove-access revocation with this
+    blast radius takes away: every affected binding's and the collateral's."""
+    return {str(d["principalId"]).lower() for d in [*radius.get("bindings", []), *radius.get("collateral", [])]
+            if d.get("affected") != "no" and d.get("principalId")}
 
 
 def _iso(when: datetime) -> str:
@@ -435,8 +444,7 @@ class Runbooks:
 
     def _access_state(self, key: KeyRef, radius: JsonDict) -> JsonDict:
         vault = self._vault_for(key)
-        principals = {str(d["principalId"]).lower() for d in [*radius["bindings"], *radius["collateral"]]
-                      if d["affected"] != "no" and d["principalId"]}
+        principals = _targeted_principals(radius)
         entries = [e for e in self._vaults.entries(vault) if e.object_id.lower() in principals]
         return {
             "vault": {"url": vault.url, "subscription": vault.subscription,
@@ -681,7 +689,7 @@ class Runbooks:
         failed = len(act.get("failed", {})) + len(act.get("untagged", []))
         if failed and not done:
             return "failed"
-        if failed or verify.get("unconfirmed"):
+        if failed or verify.get("unconfirmed") or act.get("held"):
             return "partially-succeeded"
         return "succeeded"
 
@@ -704,6 +712,7 @@ class Runbooks:
             "confirmed": len(verify.get("confirmed", {})),
             **_sampled("unconfirmed", list(verify.get("unconfirmed", {}))),
             **_sampled("unverifiable", verify.get("unverifiable", [])),
+            **_sampled("held", act.get("held", {})),
         }
         run = self._update_run(ctx.run.run_id, status=status, result=summary)
         self._log.info("run-finished", run=run.run_id, kind=run.kind, status=status, **{
@@ -864,7 +873,8 @@ class Runbooks:
             "mode": mode,
             "versions": acted.get("done", []) + acted.get("untagged", []) if mode == MODE_DISABLE else [],
             "untagged": acted.get("untagged", []) if mode == MODE_DISABLE else [],
-            "entries": acted.get("removed", []) if mode == MODE_REMOVE_ACCESS else [],
+            "entries": ([*acted.get("removed", []), *revocation.result.get("inheritedEntries", [])]
+                        if mode == MODE_REMOVE_ACCESS else []),
             "vault": acted.get("vault"),
             "bindings": radius.get("bindings", []),
             "collateral": radius.get("collateral", []),
@@ -893,15 +903,68 @@ class Runbooks:
         if not resolved.get("vault"):
             return {"done": [], "added": [], "failed": {}}
         vault = self._vault_of(resolved)
+        held = self._held_elsewhere(vault.url, str(resolved["revokeRun"]))
         wanted = [AccessEntry.from_dict(e) for e in resolved["entries"]]
+        kept = {w.object_id: held[w.object_id.lower()] for w in wanted if w.object_id.lower() in held}
+        wanted = [w for w in wanted if w.object_id not in kept]
         current = self._vaults.entries(vault)
         missing = [w for w in wanted if not any(c.same_principal(w) and c.covers(w) for c in current)]
         def add() -> str:
             self._vaults.add(vault, missing)
             return "done"
 
-        self._with_retries(f"re-add access on {vault.name}", add)
-        return {"done": [e.object_id for e in wanted], "added": [e.as_dict() for e in missing], "failed": {}}
+        if kept:
+            # Hand the entries to the revocations that hold them, before re-adding anything:
+            # their own restore re-adds them (they never saw them, having found them removed).
+            entries = [AccessEntry.from_dict(e) for e in resolved["entries"]]
+            for holder in sorted(set(kept.values())):
+                self._hand_over(holder, [e.as_dict() for e in entries if kept.get(e.object_id) == holder])
+            self._log.warning("restore-held", run=ctx.run.run_id, held=kept)
+        if missing:
+            self._with_retries(f"re-add access on {vault.name}", add)
+        return {"done": [e.object_id for e in wanted], "added": [e.as_dict() for e in missing], "failed": {},
+                "held": kept}
+
+    def _hand_over(self, revocation_id: str, entries: list[JsonDict]) -> None:
+        """Records ``entries`` on revocation ``revocation_id`` (``result.inheritedEntries``, merged
+        by object id), so that restoring it re-adds them too."""
+        for _ in range(5):
+            run = self._journal.get_run(revocation_id)
+            known = {str(e.get("objectId", "")).lower() for e in run.result.get("inheritedEntries", [])}
+            new = [e for e in entries if str(e.get("objectId", "")).lower() not in known]
+            if not new:
+                return
+            try:
+                self._journal.update_run(run, result={
+                    **run.result, "inheritedEntries": [*run.result.get("inheritedEntries", []), *new]})
+                return
+            except ConflictError:
+                continue
+        raise TransientError(f"revocation {revocation_id} keeps changing; the restore is retried")
+
+    def _held_elsewhere(self, vault_url: str, revocation_id: str) -> dict[str, str]:
+        """Identity (lower-case object id) -> the run id of another remove-access revocation on a
+        key of the same vault that is in force (running, or finished and not restored) and takes
+        that identity's access away. Access policies are per identity and vault, not per key: giving
+        such an identity its entry back would quietly undo that other revocation."""
+        held: dict[str, str] = {}
+        runs = self._journal.list_runs(statuses={"succeeded", "partially-succeeded", "running"},
+                                       limit=HELD_SCAN_LIMIT)
+        here = vault_url.rstrip("/").lower()
+        for run in runs:
+            if (run.kind != "revoke" or run.run_id == revocation_id
+                    or run.params.get("mode") != MODE_REMOVE_ACCESS
+                    or parse_key_uri(run.key, allowed_vaults=None).vault_url.rstrip("/").lower() != here):
+                continue
+            restored_by = run.result.get("restoredBy")
+            if restored_by and self._journal.get_run(str(restored_by)).status != "failed":
+                continue
+            resolve = next((s for s in self._journal.steps(run.run_id) if s.name == "resolve"), None)
+            if resolve is None or resolve.status != "succeeded":
+                continue
+            for principal in _targeted_principals(resolve.result):
+                held.setdefault(principal, run.run_id)
+        return held
 
     def _enable_versions(self, ctx: _Ctx, resolved: Mapping[str, Any]) -> JsonDict:
         key = self._key_of(ctx).versionless()
@@ -936,7 +999,9 @@ class Runbooks:
     def _expected(self, ctx: _Ctx) -> list[JsonDict]:
         resolved = ctx.results["resolve"]
         chosen = [b for b in resolved.get("bindings", []) if b.get("affected") == "yes"]
-        return chosen + list(resolved.get("collateral", []))
+        expected = chosen + list(resolved.get("collateral", []))
+        held = {p.lower() for p in ctx.results.get("act", {}).get("held", {})}
+        return [d for d in expected if str(d.get("principalId") or "").lower() not in held]
 
     def _verify(self, ctx: _Ctx) -> JsonDict:
         want = Health.REVOKED if ctx.run.kind == "revoke" else Health.OK
@@ -1022,6 +1087,7 @@ class Runbooks:
             **_sampled("untagged", act.get("untagged", [])), **_sampled("confirmed", list(verify.get("confirmed", {}))),
             **_sampled("unconfirmed", list(verify.get("unconfirmed", {}))),
             **_sampled("unverifiable", verify.get("unverifiable", [])),
+            **_sampled("held", act.get("held", {})),
         }
         self._notifier.publish([Outcome(kind, run.key, data, severity, event_id=f"{run.run_id}.{kind}")])
         return {"published": kind, "status": status}

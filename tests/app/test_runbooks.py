@@ -616,3 +616,60 @@ def test_a_topic_outage_leaves_the_run_to_publish_on_resume() -> None:
     assert done.run.status == "succeeded"
     assert [e["eventType"] for e in world.eventgrid.published if e["eventType"].startswith("KeySteward.Key")] == [
         "KeySteward.KeyRevoked"]
+
+
+# ---- two remove-access revocations sharing an identity ----------------------------------------------
+
+
+def test_a_restore_keeps_an_identity_that_another_revocation_still_holds(journal_factory: Any) -> None:
+    """Access policies are per identity and vault, not per key. Keys A and B of one vault are
+    both used through the identity uai-fleet (Kusto on A, Cosmos DB on B); uai-solo is used
+    only on A. Revoking A, then B, by removing access, then restoring A must give uai-solo its
+    entry back but not uai-fleet's: that would quietly undo B. Restoring B then does."""
+    world = World()
+    world.service_settings.usage_interval_s = 30.0
+    world.service_settings.cosmos_recovery_s = 60.0
+    doc = seeds.generate_fleet(2, 2, 1, versions=1)
+    doc["identities"].append({**doc["identities"][0], "name": "uai-solo"})
+    [vault] = doc["vaults"]
+    vault["keys"].append({**vault["keys"][0], "name": "cmk-two"})
+    vault["access_policies"].append({**vault["access_policies"][0], "identity": "uai-solo"})
+    doc["kusto_clusters"][0]["identity"] = "uai-solo"
+    for account in doc["cosmos_accounts"]:
+        account["key"] = "kv-fleet/cmk-two"
+    seeded = seeds.apply_seed(world, doc)
+    shared, solo = (str(seeded.identities[n]["principalId"]) for n in ("uai-fleet", "uai-solo"))
+    vault_url = "https://kv-fleet.vault.azure.net"
+    settings = load_settings({"KEYSTEWARD_SUBSCRIPTIONS": doc["subscriptions"][0]["id"],
+                              "KEYSTEWARD_VAULTS": vault_url, "KEYSTEWARD_VERIFY_DEADLINE_MINUTES": "30"})
+    notifier = RecordingNotifier()
+    app = build(settings, clock=world.clock, transport_factory=lambda: SandboxTransport(world),
+                credential=StaticTokenCredential(), notifier=notifier, queue=MemoryQueue(), polling_interval=0,
+                journal=journal_factory(world))
+    books = runbooks_for(app)
+    key_a = parse_key_uri(f"{vault_url}/keys/cmk-fleet", allowed_vaults=None)
+    key_b = parse_key_uri(f"{vault_url}/keys/cmk-two", allowed_vaults=None)
+
+    def principals() -> set[str]:
+        found = kv_mgmt(world, vault["subscription"]).vaults.get(vault["resource_group"], "kv-fleet")
+        return {str(e.object_id) for e in found.properties.access_policies}
+
+    a = books.revoke(RevokeRequest(key_a, "remove-access", "exposed", "INC-1", emergency=True), ALICE, budget=LONG)
+    b = books.revoke(RevokeRequest(key_b, "remove-access", "exposed", "INC-2", emergency=True), ALICE, budget=LONG)
+    assert a.run.status == b.run.status == "succeeded"
+    assert not {shared, solo} & principals()
+
+    back_a = books.restore(RestoreRequest(a.run.run_id, "A is safe", "INC-1"), BOB, budget=LONG)
+
+    assert solo in principals() and shared not in principals()
+    act = next(s for s in back_a.steps if s.name == "act").result
+    assert act["held"] == {shared: b.run.run_id}
+    assert back_a.run.status == "partially-succeeded" and back_a.run.result["held"] == {shared: b.run.run_id}
+    assert back_a.run.result["unconfirmed"] == []  # services left revoked on purpose are not waited for
+    [event] = [o for o in notifier.outcomes if o.kind == "KeyRestored"]
+    assert event.data["heldCount"] == 1
+
+    back_b = books.restore(RestoreRequest(b.run.run_id, "B is safe", "INC-2"), BOB, budget=LONG)
+
+    assert back_b.run.status == "succeeded", back_b.run.result
+    assert {shared, solo} <= principals()

@@ -169,7 +169,8 @@ def check_i3(runs: Iterable[Run]) -> list[str]:
             problems.append(f"I3: run {run.run_id} ({run.kind}) is {run.status} after recovery")
         elif run.status == "failed" and not (run.result.get("error") or run.result.get("failedStep")):
             problems.append(f"I3: run {run.run_id} failed without a reason: {run.result}")
-        elif run.status == "partially-succeeded" and not (run.result.get("failed") or run.result.get("unconfirmed")):
+        elif run.status == "partially-succeeded" and not (
+                run.result.get("failed") or run.result.get("unconfirmed") or run.result.get("held")):
             problems.append(f"I3: run {run.run_id} partially succeeded with nothing failed or unconfirmed")
     return problems
 
