@@ -31,6 +31,8 @@ from azure.mgmt.keyvault.models import (
 from shared.clients import ClientFactory
 from shared.errors import NotFoundError
 from shared.errors import azure_errors as _sdk
+from shared.targets.base import resource_group_of
+from shared.vaults import locate, norm_vault_url
 
 # Permission kinds of an access policy entry, as the REST API names them.
 PERMISSION_KINDS = ("keys", "secrets", "certificates", "storage")
@@ -100,10 +102,6 @@ class VaultRef:
     rbac: bool
 
 
-def _norm(url: str | None) -> str:
-    return (url or "").strip().rstrip("/").lower().removesuffix(":443")
-
-
 def _text(value: object) -> str:
     return str(getattr(value, "value", value))
 
@@ -127,14 +125,6 @@ def _entries(vault: Vault) -> list[AccessEntry]:
     return out
 
 
-def _resource_group(resource_id: str) -> str:
-    parts = resource_id.split("/")
-    for i, part in enumerate(parts[:-1]):
-        if part.lower() == "resourcegroups":
-            return parts[i + 1]
-    return ""
-
-
 class VaultAccess:
     """Reads and edits vault access policies through ``KeyVaultManagementClient``.
 
@@ -151,25 +141,19 @@ class VaultAccess:
 
     def vault(self, vault_url: str) -> VaultRef:
         """Where ``vault_url`` lives; raises NotFoundError if no watched subscription holds it."""
-        wanted = _norm(vault_url)
+        wanted = norm_vault_url(vault_url)
         with self._lock:
             known = self._where.get(wanted)
         if known is not None:
             return known
-        for sub in self._subscriptions:
-            with _sdk(f"list key vaults in {sub}"):
-                vaults = list(self._clients.keyvault_mgmt(sub).vaults.list_by_subscription())
-            for vault in vaults:
-                props = vault.properties
-                if props is None or _norm(props.vault_uri) != wanted:
-                    continue
-                ref = VaultRef(
-                    url=wanted, subscription=sub, resource_group=_resource_group(vault.id or ""),
-                    name=vault.name or "", rbac=bool(props.enable_rbac_authorization),
-                )
-                with self._lock:
-                    self._where[wanted] = ref
-                return ref
+        for sub, url, vault in locate(self._clients, self._subscriptions, [wanted]):
+            ref = VaultRef(
+                url=url, subscription=sub, resource_group=resource_group_of(vault.id or ""),
+                name=vault.name or "", rbac=bool(vault.properties and vault.properties.enable_rbac_authorization),
+            )
+            with self._lock:
+                self._where[wanted] = ref
+            return ref
         raise NotFoundError(
             f"vault {vault_url} is in none of the watched subscriptions", code="VaultNotFound", status=404
         )

@@ -5,9 +5,11 @@ access policies. Read-only.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from azure.mgmt.keyvault.models import Vault
 
 from shared.clients import ClientFactory
 from shared.targets.base import enum_text, resource_group_of, sdk
@@ -35,8 +37,25 @@ class VaultInfo:
         return "all" in perms or all(p.lower() in perms for p in needed)
 
 
-def _norm(url: str | None) -> str:
+def norm_vault_url(url: str | None) -> str:
+    """A vault URL as compared everywhere: no trailing slash, lower case, no default port."""
     return (url or "").strip().rstrip("/").lower().removesuffix(":443")
+
+
+def locate(
+    clients: ClientFactory, subscriptions: Sequence[str], urls: Sequence[str]
+) -> Iterator[tuple[str, str, Vault]]:
+    """``(subscription, normalised URL, vault)`` for each vault behind ``urls`` found in
+    ``subscriptions`` (one ``vaults.list_by_subscription`` per subscription, lazily: a caller
+    that stops early reads no further subscription)."""
+    wanted = {norm_vault_url(u) for u in urls}
+    for sub in subscriptions:
+        with sdk(f"list key vaults in {sub}"):
+            vaults = list(clients.keyvault_mgmt(sub).vaults.list_by_subscription())
+        for vault in vaults:
+            url = norm_vault_url(vault.properties.vault_uri if vault.properties else None)
+            if vault.properties is not None and url in wanted:
+                yield sub, url, vault
 
 
 def find_vaults(clients: ClientFactory, subscriptions: Sequence[str], urls: Sequence[str]) -> dict[str, VaultInfo]:
@@ -44,38 +63,33 @@ def find_vaults(clients: ClientFactory, subscriptions: Sequence[str], urls: Sequ
 
     A vault that is in none of the subscriptions is absent from the result.
     """
-    wanted = {_norm(u) for u in urls}
     found: dict[str, VaultInfo] = {}
-    for sub in subscriptions:
-        with sdk(f"list key vaults in {sub}"):
-            vaults = list(clients.keyvault_mgmt(sub).vaults.list_by_subscription())
-        for vault in vaults:
-            props = vault.properties
-            url = _norm(props.vault_uri if props else None)
-            if url not in wanted or props is None:
-                continue
-            perms: dict[str, frozenset[str]] = {}
-            for entry in props.access_policies or []:
-                # The generated model is a Mapping: its ``keys`` attribute is the dict method, so
-                # read the wire field.
-                wire: Mapping[str, Any] = entry.permissions or {}
-                keys = wire.get("keys") or []
-                oid = str(entry.object_id).lower()
-                perms[oid] = perms.get(oid, frozenset()) | frozenset(
-                    (enum_text(k) or "").lower() for k in keys)
-            rid = vault.id or ""
-            found[url] = VaultInfo(
-                name=vault.name or "",
-                id=rid,
-                subscription=sub,
-                resource_group=resource_group_of(rid),
-                location=(vault.location or "").lower().replace(" ", ""),
-                url=url,
-                # Soft delete is always on for vaults created since 2020; the property may be absent.
-                soft_delete=props.enable_soft_delete is not False,
-                purge_protection=bool(props.enable_purge_protection),
-                retention_days=int(props.soft_delete_retention_in_days or 90),
-                rbac=bool(props.enable_rbac_authorization),
-                key_permissions=perms,
-            )
+    for sub, url, vault in locate(clients, subscriptions, urls):
+        props = vault.properties
+        if props is None:
+            continue
+        perms: dict[str, frozenset[str]] = {}
+        for entry in props.access_policies or []:
+            # The generated model is a Mapping: its ``keys`` attribute is the dict method, so
+            # read the wire field.
+            wire: Mapping[str, Any] = entry.permissions or {}
+            keys = wire.get("keys") or []
+            oid = str(entry.object_id).lower()
+            perms[oid] = perms.get(oid, frozenset()) | frozenset(
+                (enum_text(k) or "").lower() for k in keys)
+        rid = vault.id or ""
+        found[url] = VaultInfo(
+            name=vault.name or "",
+            id=rid,
+            subscription=sub,
+            resource_group=resource_group_of(rid),
+            location=(vault.location or "").lower().replace(" ", ""),
+            url=url,
+            # Soft delete is always on for vaults created since 2020; the property may be absent.
+            soft_delete=props.enable_soft_delete is not False,
+            purge_protection=bool(props.enable_purge_protection),
+            retention_days=int(props.soft_delete_retention_in_days or 90),
+            rbac=bool(props.enable_rbac_authorization),
+            key_permissions=perms,
+        )
     return found
