@@ -23,7 +23,7 @@ from shared.clock import Clock, RemoteSandboxClock, SystemClock
 from shared.config import Settings
 from shared.events import IgnoredEvent, KeyEventType, KeyVaultEvent
 from shared.inventory import ArmInventory, Inventory, ResourceGraphInventory, by_key, for_key
-from shared.journal import Journal, MemoryJournal, TableJournal, from_connection_string, table_service_with_identity
+from shared.journal import Journal, MemoryJournal, from_connection_string, from_identity
 from shared.keyvault import KeyStore, SdkKeyStore
 from shared.model import Binding, KeyRef, ServiceType
 from shared.notify import EventGridNotifier, LogNotifier, Notifier, Outcome
@@ -246,7 +246,7 @@ def build(
         )
     if queue is None:
         if settings.storage_connection:
-            queue = StorageWorkQueue(settings.storage_connection, settings.work_queue)
+            queue = StorageWorkQueue.from_connection_string(settings.storage_connection, settings.work_queue)
         elif settings.storage_queue_uri:
             queue = StorageWorkQueue.with_identity(settings.storage_queue_uri, settings.work_queue, clients.credential)
         else:
@@ -257,11 +257,8 @@ def build(
         journal_source = functools.partial(from_connection_string, settings.storage_connection, clock=clock,
                                            table_prefix=settings.table_prefix)
     elif journal_source is None and settings.storage_table_uri:
-        table_uri, table_credential, journal_clock = settings.storage_table_uri, clients.credential, clock
-
-        def journal_source() -> Journal:
-            return TableJournal(table_service_with_identity(table_uri, table_credential), clock=journal_clock,
-                                table_prefix=settings.table_prefix)
+        journal_source = functools.partial(from_identity, settings.storage_table_uri, clients.credential, clock=clock,
+                                           table_prefix=settings.table_prefix)
 
     return Keysteward(
         settings=settings,

@@ -435,8 +435,17 @@ def _join(entity: Mapping[str, Any], name: str, max_parts: int = JSON_MAX_PARTS)
     return "".join(parts)
 
 
+def _token(text: str) -> str:
+    """What names a paged result and checks it when read back: a SHA-256 prefix of its text."""
+    return hashlib.sha256(text.encode("ascii")).hexdigest()[:32]
+
+
+def _page_prefix(index: int, token: str) -> str:
+    return f"{index:04d}.{token}."
+
+
 def _page_row(index: int, token: str, number: int) -> str:
-    return f"{index:04d}.{token}.{number:04d}"
+    return f"{_page_prefix(index, token)}{number:04d}"
 
 
 def _join_pages(pages: Mapping[str, Mapping[str, Any]], index: int, token: str, count: int, *, what: str) -> str:
@@ -452,7 +461,7 @@ def _join_pages(pages: Mapping[str, Mapping[str, Any]], index: int, token: str, 
             raise TransientError(f"result page {number} of {count} of {what} is missing")
         parts.append(_join(page, "Data", PAGE_PARTS))
     text = "".join(parts)
-    if hashlib.sha256(text.encode("ascii")).hexdigest()[:32] != token:
+    if _token(text) != token:
         raise TransientError(f"the result pages of {what} do not match their checksum")
     return text
 
@@ -673,7 +682,7 @@ class TableJournal:
     def _result_columns(self, step: Step, text: str) -> dict[str, Any]:
         if len(text) <= JSON_MAX_CHARS:
             return _split("Result", text)
-        token = hashlib.sha256(text.encode("ascii")).hexdigest()[:32]
+        token = _token(text)
         pages = [text[i : i + PAGE_MAX_CHARS] for i in range(0, len(text), PAGE_MAX_CHARS)]
         what = f"write result pages of step {step.index} ({step.name}) of run {step.run_id}"
         for number, page in enumerate(pages):
@@ -694,10 +703,10 @@ class TableJournal:
         token, count = entity.get("ResultToken"), entity.get("ResultPages")
         if token and count:
             if pages is None:
-                lo = _page_row(index, str(token), 0)[:-4]
+                prefix = _page_prefix(index, str(token))  # ends in ".", and "/" sorts right after it
                 pages = {str(p["RowKey"]): p for p in self._query(
                     self._steps, "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi",
-                    {"pk": run_id, "lo": lo, "hi": lo[:-1] + "/"},
+                    {"pk": run_id, "lo": prefix, "hi": prefix[:-1] + "/"},
                     what=f"read result pages of step {index} of run {run_id}")}
             text = _join_pages(pages, index, str(token), int(count), what=f"step {index} of run {run_id}")
         else:
@@ -879,22 +888,23 @@ def table_service(conn: str) -> TableServiceClient:
         raise ConfigError(f"the journal's storage connection string is malformed: {err}") from err
 
 
-def table_service_with_identity(table_service_uri: str, credential: TokenCredential,
-                               **client_kwargs: Any) -> TableServiceClient:
-    """A ``TableServiceClient`` for an identity-based account (no I/O): the table service URI
-    (``https://{account}.table.core.windows.net``) and a token credential."""
-    return TableServiceClient(endpoint=table_service_uri, credential=credential, **client_kwargs)
-
-
 def from_connection_string(conn: str, *, clock: Clock, table_prefix: str = "keysteward") -> TableJournal:
     """A :class:`TableJournal` for a Storage connection string (see :func:`table_service`);
     creates the tables if missing, so it raises TransientError/PermanentError when Storage
     cannot be reached, and ConfigError for a malformed connection string.
 
-    An identity-based account (no connection string) needs a ``TableServiceClient`` built
-    with a credential (:func:`table_service_with_identity`), passed to :class:`TableJournal`.
+    An identity-based account (no connection string): :func:`from_identity`.
     """
     return TableJournal(table_service(conn), clock=clock, table_prefix=table_prefix)
+
+
+def from_identity(table_service_uri: str, credential: TokenCredential, *, clock: Clock,
+                  table_prefix: str = "keysteward") -> TableJournal:
+    """A :class:`TableJournal` for an identity-based account: its table service URI
+    (``https://{account}.table.core.windows.net``) and a token credential; creates the tables
+    if missing, raising as :func:`from_connection_string` does."""
+    return TableJournal(TableServiceClient(endpoint=table_service_uri, credential=credential), clock=clock,
+                        table_prefix=table_prefix)
 
 
 # --------------------------------------------------------------------------------------

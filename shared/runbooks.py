@@ -93,6 +93,7 @@ from shared.model import Binding, KeyRef, KeyVersion, ServiceType
 from shared.notify import Notifier, Outcome
 from shared.targets.base import Health, Target
 from shared.vaultaccess import AccessEntry, VaultAccess, VaultRef
+from shared.vaults import norm_vault_url
 
 if TYPE_CHECKING:
     from shared.app import Keysteward
@@ -118,13 +119,13 @@ STEP_STALE_AFTER: Final = LEASE_TTL
 VERIFY_INTERVAL: Final = timedelta(seconds=30)
 # Key Vault allows 15 tags per key version.
 MAX_VERSION_TAGS: Final = 15
-# Attempts per item of the act step on transient errors before the step is handed back.
 # A run's summary and its outcome event name at most this many resources or versions per list
 # (with the full count): an Event Grid event is limited to 1 MB and a run record to what one
 # Table entity holds; the whole lists stay on the run's steps (GET /api/runs/{id}).
 SAMPLE_MAX: Final = 100
 # How many of the newest finished runs a restore reads to find other revocations in force.
 HELD_SCAN_LIMIT: Final = 1000
+# Attempts per item of the act step on transient errors before the step is handed back.
 ITEM_ATTEMPTS: Final = 3
 ITEM_BACKOFF_S: Final = 1.0
 # Hook phases: after the claim is recorded, after the step acted (not yet recorded), after
@@ -904,9 +905,9 @@ class Runbooks:
             return {"done": [], "added": [], "failed": {}}
         vault = self._vault_of(resolved)
         held = self._held_elsewhere(vault.url, str(resolved["revokeRun"]))
-        wanted = [AccessEntry.from_dict(e) for e in resolved["entries"]]
-        kept = {w.object_id: held[w.object_id.lower()] for w in wanted if w.object_id.lower() in held}
-        wanted = [w for w in wanted if w.object_id not in kept]
+        recorded = [AccessEntry.from_dict(e) for e in resolved["entries"]]
+        kept = {e.object_id: held[e.object_id.lower()] for e in recorded if e.object_id.lower() in held}
+        wanted = [e for e in recorded if e.object_id not in kept]
         current = self._vaults.entries(vault)
         missing = [w for w in wanted if not any(c.same_principal(w) and c.covers(w) for c in current)]
         def add() -> str:
@@ -916,9 +917,8 @@ class Runbooks:
         if kept:
             # Hand the entries to the revocations that hold them, before re-adding anything:
             # their own restore re-adds them (they never saw them, having found them removed).
-            entries = [AccessEntry.from_dict(e) for e in resolved["entries"]]
             for holder in sorted(set(kept.values())):
-                self._hand_over(holder, [e.as_dict() for e in entries if kept.get(e.object_id) == holder])
+                self._hand_over(holder, [e.as_dict() for e in recorded if kept.get(e.object_id) == holder])
             self._log.warning("restore-held", run=ctx.run.run_id, held=kept)
         if missing:
             self._with_retries(f"re-add access on {vault.name}", add)
@@ -950,11 +950,11 @@ class Runbooks:
         held: dict[str, str] = {}
         runs = self._journal.list_runs(statuses={"succeeded", "partially-succeeded", "running"},
                                        limit=HELD_SCAN_LIMIT)
-        here = vault_url.rstrip("/").lower()
+        here = norm_vault_url(vault_url)
         for run in runs:
             if (run.kind != "revoke" or run.run_id == revocation_id
                     or run.params.get("mode") != MODE_REMOVE_ACCESS
-                    or parse_key_uri(run.key, allowed_vaults=None).vault_url.rstrip("/").lower() != here):
+                    or norm_vault_url(parse_key_uri(run.key, allowed_vaults=None).vault_url) != here):
                 continue
             restored_by = run.result.get("restoredBy")
             if restored_by and self._journal.get_run(str(restored_by)).status != "failed":

@@ -105,35 +105,30 @@ class MemoryQueue:
         return self.items.popleft() if self.items else None
 
 
+
+
 class StorageWorkQueue:
     """The Functions storage account's queue; base64 text, as the queue trigger expects.
 
     Built from a connection string, or (:meth:`with_identity`) from the queue service URI and
     a token credential, for an identity-based ``AzureWebJobsStorage``."""
 
-    def __init__(self, connection_string: str, queue_name: str) -> None:
-        self._client = QueueClient.from_connection_string(
-            connection_string,
-            queue_name,
-            message_encode_policy=TextBase64EncodePolicy(),
-            message_decode_policy=TextBase64DecodePolicy(),
-        )
+    def __init__(self, client: QueueClient) -> None:
+        self._client = client
         self._created = False
 
     @classmethod
-    def with_identity(cls, queue_service_uri: str, queue_name: str, credential: TokenCredential,
-                      **client_kwargs: Any) -> StorageWorkQueue:
-        queue = cls.__new__(cls)
-        queue._client = QueueClient(
-            queue_service_uri,
-            queue_name,
-            credential=credential,
-            message_encode_policy=TextBase64EncodePolicy(),
-            message_decode_policy=TextBase64DecodePolicy(),
-            **client_kwargs,
-        )
-        queue._created = False
-        return queue
+    def from_connection_string(cls, connection_string: str, queue_name: str) -> StorageWorkQueue:
+        # The queue trigger reads base64 text (fresh policies per client: the SDK configures them).
+        return cls(QueueClient.from_connection_string(
+            connection_string, queue_name,
+            message_encode_policy=TextBase64EncodePolicy(), message_decode_policy=TextBase64DecodePolicy()))
+
+    @classmethod
+    def with_identity(cls, queue_service_uri: str, queue_name: str, credential: TokenCredential) -> StorageWorkQueue:
+        return cls(QueueClient(queue_service_uri, queue_name, credential=credential,
+                               message_encode_policy=TextBase64EncodePolicy(),
+                               message_decode_policy=TextBase64DecodePolicy()))
 
     def put(self, item: WorkItem, *, delay: timedelta = timedelta(0)) -> None:
         try:
