@@ -31,8 +31,9 @@ from urllib.parse import urlsplit
 
 import trustme
 
+from sandbox import cloud
 from sandbox.clock import REAL
-from sandbox.wire import Request, Service
+from sandbox.wire import Request, Response, Service
 from sandbox.world import World
 
 LOOPBACK = "127.0.0.1"
@@ -110,7 +111,7 @@ class _Handler(BaseHTTPRequestHandler):
             service=srv.service,
             vault=srv.vault,
         )
-        resp = srv.owner.world.handle(req)
+        resp = self._tenant_level(req) or srv.owner.world.handle(req)
         if resp.delay_s > 0:
             time.sleep(resp.delay_s)
         if resp.drop:
@@ -124,6 +125,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD" and resp.body:
             self.wfile.write(resp.body)
+
+    def _tenant_level(self, req: Request) -> Response | None:
+        """Cloud metadata, subscriptions and tenants (sandbox.cloud) for general-purpose clients."""
+        if self.server.service != Service.ARM:
+            return None
+        return cloud.handle(self.server.owner.world, req, arm_url=self.server.owner.arm_url)
 
     def _read_chunked(self) -> bytes:
         chunks: list[bytes] = []
