@@ -1194,6 +1194,18 @@ def _generic_props(
     return props
 
 
+# Write-only properties: ``x-ms-secret: true`` with mutability create/update and no read, so ARM
+# never returns them (postgresqlhsc.json 2023-03-02-preview, ClusterProperties.administratorLoginPassword).
+_SECRET_PROPERTIES = {POSTGRES_TYPE: ("administratorLoginPassword",)}
+
+
+def _forget_secrets(rtype: str, props: JsonObj) -> JsonObj:
+    """Drops the properties Azure accepts but never answers with (the sandbox needs none of them)."""
+    for name in _SECRET_PROPERTIES.get(rtype, ()):
+        props.pop(name, None)
+    return props
+
+
 @ROUTER.route("PUT", _GENERIC)
 def put_generic(world: World, req: Request, m: _re.Match[str]) -> Response:
     rtype = _generic_type(m)
@@ -1205,7 +1217,7 @@ def put_generic(world: World, req: Request, m: _re.Match[str]) -> Response:
     incoming = _props(body)
     if rtype != UAI_TYPE and (existing is None or "dataencryption" in incoming or "encryption" in incoming):
         _validate_generic_cmk(world, rtype, incoming, identity)
-    props = _generic_props(world, rtype, rid, incoming, existing)
+    props = _forget_secrets(rtype, _generic_props(world, rtype, rid, incoming, existing))
     if existing is not None:
         existing.properties, existing.identity = props, identity
         if "tags" in body:
@@ -1239,7 +1251,7 @@ def patch_generic(world: World, req: Request, m: _re.Match[str]) -> Response:
     body = _body(req)
     identity = _identity(world, rid, body.get("identity"), res.identity)
     incoming = _props(body)
-    props = _generic_props(world, rtype, rid, incoming, res)
+    props = _forget_secrets(rtype, _generic_props(world, rtype, rid, incoming, res))
     res.properties, res.identity = props, identity
     if "tags" in body:
         res.tags = _tags(body["tags"])

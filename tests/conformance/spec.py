@@ -136,7 +136,8 @@ def violations(schema_file: str, definition: str, body: Any) -> list[str]:
     out = []
     for err in validator(schema_file, definition).iter_errors(body):
         # A nullable property wraps its schema in anyOf; report the reason inside, not the wrapper.
-        inner = jsonschema.exceptions.best_match(err.context) if err.context else err
+        reasons = [e for e in err.context or [] if e.schema != {"type": "null"}]
+        inner = jsonschema.exceptions.best_match(reasons) if reasons else err
         where = "/".join(str(p) for p in inner.absolute_path) or "(root)"
         out.append(f"{where}: {inner.message}")
     return sorted(out)
