@@ -131,13 +131,20 @@ def validator(schema_file: str, definition: str) -> jsonschema.Draft4Validator:
     return jsonschema.Draft4Validator(schema, registry=registry)
 
 
+def _reason(err: jsonschema.ValidationError) -> jsonschema.ValidationError:
+    """The error inside the anyOf wrappers that make properties nullable (never the null branch)."""
+    reasons = [e for e in err.context or [] if e.schema != {"type": "null"}]
+    if not reasons:
+        return err
+    return _reason(jsonschema.exceptions.best_match(reasons))
+
+
 def violations(schema_file: str, definition: str, body: Any) -> list[str]:
     """Every way ``body`` breaks the spec's schema, as ``path: message`` lines (empty: conforms)."""
     out = []
     for err in validator(schema_file, definition).iter_errors(body):
         # A nullable property wraps its schema in anyOf; report the reason inside, not the wrapper.
-        reasons = [e for e in err.context or [] if e.schema != {"type": "null"}]
-        inner = jsonschema.exceptions.best_match(reasons) if reasons else err
+        inner = _reason(err)
         where = "/".join(str(p) for p in inner.absolute_path) or "(root)"
         out.append(f"{where}: {inner.message}")
     return sorted(out)
