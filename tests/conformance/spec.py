@@ -17,7 +17,9 @@ with two rules stated here, not hidden:
 * ``null`` is accepted for a property that is not ``required`` (ARM services and the SDKs'
   deserializers treat ``"prop": null`` as absent);
 * ``enum`` is strict, also for ``modelAsString`` enums: a value the spec does not list is what
-  this suite exists to find.
+  this suite exists to find;
+* a bare ``{"type": "object"}`` (no properties) is any JSON value, as AutoRest reads it
+  (Resource Graph's ``data`` is an array or a table under that schema).
 """
 
 from __future__ import annotations
@@ -74,6 +76,8 @@ def _nullable(schema: Any) -> Any:
     """Lets a non-required property be ``null`` (see the module docstring); ``schema`` is a schema."""
     if not isinstance(schema, dict):
         return schema
+    if schema.get("type") == "object" and not {"properties", "additionalProperties", "allOf", "$ref"} & set(schema):
+        return {k: v for k, v in schema.items() if k != "type"}  # AutoRest's AnyObject
     out: dict[str, Any] = {}
     required = set(schema.get("required", []))
     for k, v in schema.items():
