@@ -90,7 +90,7 @@ class Run:
         )
         self.outcomes: list[Outcome] = []
         self.env: dict[str, str] = {}
-        self.last_command = ""
+        self.commands: list[str] = []  # the az commands of the step running now
 
     # ---- lifecycle -------------------------------------------------------------------------------
     def __enter__(self) -> Run:
@@ -121,7 +121,7 @@ class Run:
     # ---- running az ---------------------------------------------------------------------------------
     def az(self, *args: str) -> Any:
         """Runs ``az args`` and returns its parsed JSON output (None when it prints nothing)."""
-        self.last_command = "az " + " ".join(args)
+        self.commands.append("az " + " ".join(args))
         proc = subprocess.run(
             [self.az_bin, *args, "--only-show-errors"],
             env=self.env,
@@ -137,14 +137,14 @@ class Run:
 
     def step(self, label: str, fn: Callable[[], str], *, gap: str | None = None) -> None:
         started = time.monotonic()
-        self.last_command = ""
+        self.commands = []
         try:
             detail = fn()
             ok = True
         except (CheckFailed, AzFailed, KeyError, TypeError, ValueError) as err:
             detail = f"{type(err).__name__}: {err}"
             ok = False
-        self.outcomes.append(Outcome(label, self.last_command, ok, detail, gap, time.monotonic() - started))
+        self.outcomes.append(Outcome(label, "; ".join(self.commands), ok, detail, gap, time.monotonic() - started))
 
     # ---- the estate, as the sandbox holds it ------------------------------------------------------------
     @property
@@ -354,8 +354,8 @@ def markdown(run: Run, az_version: str, total_s: float) -> str:
     ]
     for o in run.outcomes:
         detail = o.detail.replace("|", "\\|").replace("\n", " ")[:240]
-        command = o.command.replace(run.server.arm_url, "{arm}").replace("|", "\\|")
-        lines.append(f"| {o.label} | `{command}` | {o.verdict} | {o.seconds:.1f} | {detail} |")
+        commands = "<br>".join(f"`{c}`" for c in o.command.replace(run.server.arm_url, "{arm}").replace("|", "\\|").split("; "))
+        lines.append(f"| {o.label} | {commands} | {o.verdict} | {o.seconds:.1f} | {detail} |")
     return "\n".join(lines) + "\n"
 
 
