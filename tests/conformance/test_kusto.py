@@ -84,6 +84,23 @@ def test_cluster_key_rotation_patch_is_accepted_as_a_long_running_operation(esta
     assert after.body["properties"]["keyVaultProperties"]["userIdentity"] == made["uai"]
 
 
+def test_cluster_update_with_a_federated_identity_keeps_every_key_vault_field(estate: Estate) -> None:
+    """Cross-tenant CMK: ``federatedIdentityClientId`` is part of keyVaultProperties and is kept.
+    The example updates its own cluster (kustoCluster2); the replay updates the one just created."""
+    path, _ = _create(estate)
+    v2 = estate.key("myvault", "myClusterCMKKey")
+    ex = example("kusto", "KustoClusterUpdateWithCMKFederatedIdentity")
+    body: dict[str, Any] = estate.adapt(ex.param("parameters"))
+    body["properties"]["keyVaultProperties"]["keyVersion"] = v2
+    got = estate.arm("PATCH", path, API, body, **{"If-Match": ex.parameters["If-Match"]})
+    assert got.status in (200, 202), got.body
+    assert_conforms(SCHEMA, "Cluster", got.body)
+    estate.settle()
+    after = estate.arm("GET", path, API)
+    assert_conforms(SCHEMA, "Cluster", after.body)
+    assert after.body["properties"]["keyVaultProperties"] == body["properties"]["keyVaultProperties"]
+
+
 @pytest.mark.xfail(strict=True, reason="issue 13 point 5: a running Kusto operation reports a status outside the spec enum")
 def test_operation_status_while_running_uses_the_spec_enum(estate: Estate) -> None:
     path, _ = _create(estate)
@@ -129,6 +146,7 @@ def test_database_with_its_own_key_is_accepted_and_answered_in_the_spec_shape(es
     [
         ("KustoClusterCreateWithCMKUserAssignedIdentity", 200, "Cluster"),
         ("KustoClusterUpdateCMKKeyRotation", 202, "Cluster"),
+        ("KustoClusterUpdateWithCMKFederatedIdentity", 200, "Cluster"),
         ("KustoOperationResultsGet", 200, "OperationResult"),
         ("KustoDatabasesUpdateWithCMKFederatedIdentity", 200, "ReadWriteDatabase"),
         ("KustoDatabasesGet", 200, "ReadWriteDatabase"),
