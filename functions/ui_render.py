@@ -45,6 +45,8 @@ ol.timeline > li.current { border-color: #0b3d91; }
 form.dry { border: 1px solid #6b6b6b; padding: 0.75rem; max-width: 36rem; }
 button { font: inherit; padding: 0.25rem 0.75rem; background: #0b3d91; color: #fff; border: 0; border-radius: 0.25rem; }
 .muted { color: #4a4a4a; }
+nav, .crumbs, .crumbs li { display: inline; } .crumbs { list-style: none; padding: 0; margin: 0 0 0 1rem; }
+.crumbs li + li::before { content: " › "; }
 """
 
 # Adds the page's own function key (``code``) to same-origin links and forms, and refreshes
@@ -229,7 +231,8 @@ def key_page(kv: KeyView, runs: Sequence[Run], *, nonce: str) -> str:
                     nonce=nonce, crumbs=[("Estate", "/api/ui")])
     timeline = "".join(_version_item(vv) for vv in kv.versions)
     per_version = "".join(
-        _binding_rows(vv.bindings, caption=f"Bindings on {vv.version} ({vv.state})") for vv in reversed(kv.versions)
+        _binding_rows(vv.bindings, caption=f"Bindings on {vv.version.version} ({vv.state})")
+        for vv in reversed(kv.versions)
     )
     unknown = [b for b in kv.bindings if b.binding.effective_version is None]
     options = "".join(f'<option value="{e(m)}">{e(m)}</option>' for m in MODES)

@@ -44,9 +44,9 @@ from shared.rotation import managed_max_age
 if TYPE_CHECKING:
     from shared.app import Keysteward
 
-# Which blocker explains a version's wait, when several do (the first present wins): the
-# clock first (it ends by itself), then consumers keysteward moves, then those it cannot.
-_REASON_ORDER = (BlockerKind.RETENTION, BlockerKind.BACKUP, BlockerKind.PINNED, BlockerKind.VERSIONLESS,
+# Which blocker explains a version's wait, when several do (the first present wins): being
+# current, then the clock (it ends by itself), then consumers keysteward moves, then those it cannot.
+_REASON_ORDER = (BlockerKind.CURRENT, BlockerKind.RETENTION, BlockerKind.BACKUP, BlockerKind.PINNED, BlockerKind.VERSIONLESS,
                  BlockerKind.READ_ONLY, BlockerKind.UNKNOWN)
 REASON_ELIGIBLE = "eligible"
 """A version no rule keeps: the next retention sweep retires it (if the key is retire-managed)."""
