@@ -46,7 +46,7 @@ form.dry { border: 1px solid #6b6b6b; padding: 0.75rem; max-width: 36rem; }
 button { font: inherit; padding: 0.25rem 0.75rem; background: #0b3d91; color: #fff; border: 0; border-radius: 0.25rem; }
 .muted { color: #4a4a4a; }
 nav, .crumbs, .crumbs li { display: inline; } .crumbs { list-style: none; padding: 0; margin: 0 0 0 1rem; }
-.crumbs li + li::before { content: " › "; }
+.crumbs li + li::before { content: " \\203A  "; }
 """
 
 # Adds the page's own function key (``code``) to same-origin links and forms, and refreshes

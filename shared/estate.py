@@ -46,8 +46,8 @@ if TYPE_CHECKING:
 
 # Which blocker explains a version's wait, when several do (the first present wins): being
 # current, then the clock (it ends by itself), then consumers keysteward moves, then those it cannot.
-_REASON_ORDER = (BlockerKind.CURRENT, BlockerKind.RETENTION, BlockerKind.BACKUP, BlockerKind.PINNED, BlockerKind.VERSIONLESS,
-                 BlockerKind.READ_ONLY, BlockerKind.UNKNOWN)
+_REASON_ORDER = (BlockerKind.CURRENT, BlockerKind.RETENTION, BlockerKind.BACKUP, BlockerKind.PINNED,
+                 BlockerKind.VERSIONLESS, BlockerKind.READ_ONLY, BlockerKind.UNKNOWN)
 REASON_ELIGIBLE = "eligible"
 """A version no rule keeps: the next retention sweep retires it (if the key is retire-managed)."""
 
