@@ -55,6 +55,7 @@ from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider, Observa
 
 METER_NAME: Final = "keysteward"
 CONNECTION_SETTING: Final = "APPLICATIONINSIGHTS_CONNECTION_STRING"
+AUTHENTICATION_SETTING: Final = "APPLICATIONINSIGHTS_AUTHENTICATION_STRING"
 
 # Attribute names (OpenTelemetry semantic conventions where one applies).
 ATTR_KEY: Final = "keysteward.key"
@@ -314,15 +315,38 @@ def install(provider: MeterProvider | None) -> Metrics:
 
 def configure_exporter(environ: Mapping[str, str]) -> bool:
     """Starts exporting to Azure Monitor when ``APPLICATIONINSIGHTS_CONNECTION_STRING`` is set;
-    returns whether it did. Without it: no exporter, no import of the distro, no error."""
+    returns whether it did. Without it: no exporter, no import of the distro, no error.
+
+    When ``APPLICATIONINSIGHTS_AUTHENTICATION_STRING`` says ``Authorization=AAD`` (the template
+    turns local authentication off on the component), the exporter signs in with the managed
+    identity it names (``ClientId=...``).
+    """
     connection = (environ.get(CONNECTION_SETTING) or "").strip()
     if not connection:
         return False
     # Imported here: the distro pulls in the SDK and its instrumentations (cold-start cost).
     from azure.monitor.opentelemetry import configure_azure_monitor  # noqa: PLC0415
 
-    configure_azure_monitor(connection_string=connection, logger_name="keysteward")
+    options: dict[str, Any] = {}
+    auth = _auth_fields(environ.get(AUTHENTICATION_SETTING) or "")
+    if auth.get("authorization", "").lower() == "aad":
+        from azure.identity import ManagedIdentityCredential  # noqa: PLC0415 - only with Entra ID auth
+
+        client_id = auth.get("clientid")
+        options["credential"] = ManagedIdentityCredential(client_id=client_id) if client_id else \
+            ManagedIdentityCredential()
+    configure_azure_monitor(connection_string=connection, logger_name="keysteward", **options)
     return True
+
+
+def _auth_fields(text: str) -> dict[str, str]:
+    """``ClientId=...;Authorization=AAD`` as ``{"clientid": ..., "authorization": ...}``."""
+    out: dict[str, str] = {}
+    for part in text.split(";"):
+        name, sep, value = part.partition("=")
+        if sep:
+            out[name.strip().lower()] = value.strip()
+    return out
 
 
 __all__ = [

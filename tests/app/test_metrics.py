@@ -5,8 +5,10 @@ shared/metrics.py records."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,6 +28,7 @@ from shared.runbooks import RestoreRequest, RevokeRequest, runbooks_for
 from tests.app.estate import Estate, EventCapture, grid_event, make_estate, steward
 from tests.app.test_propagation import run_queue
 
+ROOT = Path(__file__).resolve().parents[2]
 ONCALL = Principal("11111111-aaaa-4000-8000-000000000001", "On-call", frozenset({ROLE_READ, ROLE_REVOKE, ROLE_RESTORE}))
 LONG = timedelta(hours=2)
 
@@ -98,6 +101,28 @@ def test_without_a_connection_string_there_is_no_exporter_and_no_error() -> None
     assert metrics.configure_exporter({metrics.CONNECTION_SETTING: "  "}) is False
     # Recording on the API's default provider is a no-op, not an error.
     metrics.current().event_handled("Microsoft.KeyVault.KeyNewVersionCreated", "reconciled", "e-1")
+
+
+def test_the_distro_is_imported_only_with_a_connection_string() -> None:
+    """In a process of its own: configuring the exporter sets process-wide providers."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from shared import metrics\n"
+        "assert metrics.configure_exporter({}) is False\n"
+        "assert 'azure.monitor.opentelemetry' not in sys.modules, 'imported without a connection string'\n"
+        "conn = 'InstrumentationKey=00000000-0000-0000-0000-000000000000;IngestionEndpoint=http://127.0.0.1:9/'\n"
+        "assert metrics.configure_exporter({metrics.CONNECTION_SETTING: conn}) is True\n"
+        "assert 'azure.monitor.opentelemetry' in sys.modules\n"
+        "metrics.current().event_handled('Microsoft.KeyVault.KeyExpired', 'rotated', 'e-1')\n"
+        "print('exporting')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "exporting" in done.stdout
 
 
 def test_every_instrument_is_named_in_metric_names(reader: Reader) -> None:
