@@ -142,6 +142,8 @@ def test_every_instrument_is_named_in_metric_names(reader: Reader) -> None:
     names = {m.name for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics}
     assert names == set(metrics.METRIC_NAMES)
     assert reader.value(metrics.DUPLICATES) == 1
+    m.event_handled("<anything a malformed event says>", "dropped", None)  # attacker text never becomes an attribute
+    assert reader.value(metrics.EVENTS, cloudevents__event__type="other") == 1
     assert reader.value(metrics.ARM_THROTTLED, cloud__account__id="sub") == 1
 
 

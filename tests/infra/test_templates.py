@@ -705,10 +705,15 @@ def test_the_estate_workbook_queries_metrics_that_exist(template: dict[str, Any]
     props = workbook["properties"]
     assert props["sourceId"] == "[variables('insightsId')]"
     assert props["category"] == "workbook" and props["displayName"]
-    assert not props["serializedData"].startswith("[")  # a JSON document, not an ARM expression
-    data = json.loads(props["serializedData"])
+    # The workbook document, with the component's id put in where it says __INSIGHTS_ID__.
+    m = re.fullmatch(r"\[replace\('(.*)', '__INSIGHTS_ID__', variables\('insightsId'\)\)\]",
+                     props["serializedData"], flags=re.DOTALL)
+    assert m, "serializedData must be replace('<workbook JSON>', '__INSIGHTS_ID__', variables('insightsId'))"
+    data = json.loads(m.group(1).replace("''", "'"))
+    assert data["fallbackResourceIds"] == ["__INSIGHTS_ID__"]
     assert data["version"] == "Notebook/1.0"
     queries = {i["name"]: i["content"]["query"] for i in data["items"] if i["type"] == 3}
+    assert all(i["content"]["crossComponentResources"] == ["__INSIGHTS_ID__"] for i in data["items"] if i["type"] == 3)
     assert {"keys-versions-bindings", "lag-over-time", "runs", "bindings-by-state"} <= set(queries)
     used: set[str] = set()
     for name, query in queries.items():
