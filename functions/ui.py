@@ -29,7 +29,7 @@ from functions import ui_render
 from functions._http import FUNCTION_KEY_PARAM, Audit, guarded
 from functions._root import get_app
 from shared.auth import ROLE_READ, Principal
-from shared.errors import ValidationError
+from shared.errors import NotFoundError, ValidationError
 from shared.estate import read_estate
 from shared.keyuri import parse_key_uri
 from shared.runbooks import MODES, runbooks_for
@@ -85,10 +85,12 @@ def ui_key(req: func.HttpRequest) -> func.HttpResponse:
         key = parse_key_uri(req.params.get("key"), allowed_vaults=app.settings.vaults, require_version=False)
         key = key.versionless()
         audit.key = key.uri
-        estate = read_estate(app, key=key)
+        view = read_estate(app, key=key).keys[0]
+        if not view.versions and not view.bindings:  # a key in use but deleted is still shown
+            raise NotFoundError(view.error or f"{key}: no such key", code="KeyNotFound", status=404)
         runs = runbooks_for(app).runs(key, limit=RECENT_RUNS)
         nonce = secrets.token_urlsafe(16)
-        return html_response(ui_render.key_page(estate.keys[0], runs, nonce=nonce), nonce)
+        return html_response(ui_render.key_page(view, runs, nonce=nonce), nonce)
 
     return guarded(req, role=ROLE_READ, operation="ui-key", handler=handle)
 

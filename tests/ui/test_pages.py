@@ -176,6 +176,9 @@ def test_bad_input_is_refused_with_the_api_error(rig: Rig) -> None:
         assert json.loads(resp.get_body())["error"]["code"] == "BadRequest"
     resp = ui_run(http("ui/runs/nope", route_params={"id": "nope"}))
     assert resp.status_code == 404
+    resp = ui_key(http("ui/key", params={"key": rig.estate.vault_url + "/keys/no-such-key"}))
+    assert resp.status_code == 404
+    assert json.loads(resp.get_body())["error"]["code"] == "NotFound"
 
 
 def test_the_blast_radius_page_is_the_dry_run_and_changes_nothing(rig: Rig) -> None:
