@@ -140,6 +140,9 @@ def _key_view(app: Keysteward, facts: KeyFacts, *, now: datetime) -> KeyView:
             on_current = used == current.version or (used is None and b.versionless)
             lag = 0.0 if on_current or current.created is None else (now - current.created).total_seconds()
             views.append(BindingView(b, _state_of(a.kind, a.reason), a.reason, behind, max(0.0, lag)))
+    else:  # deleted (recoverable) or never readable: its bindings cannot use it
+        views = [BindingView(b, metrics.STATE_FAILED, "the key has no readable version", None, 0.0)
+                 for b in facts.bindings]
     versions = tuple(
         VersionView(v, _version_state(v, current), verdict_for(app, facts, v.version),
                     tuple(bv for bv in views if bv.binding.effective_version == v.version))

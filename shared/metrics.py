@@ -173,13 +173,14 @@ class Metrics:
                                       description="Age of the oldest unfinished runbook run")
 
     # ---- recording ----------------------------------------------------------------------------
-    def event_handled(self, event_type: str, outcome: str, event_id: str | None = None) -> None:
+    def event_handled(self, event_type: str, outcome: str, event_id: object = None) -> None:
         """One Key Vault event handled with ``outcome`` (the core's action, or dropped, ignored,
         failed). An ``event_id`` this worker handled before also counts as a duplicate."""
         # Only Key Vault's own types are kept as they are: a malformed event's type is anyone's text.
         etype = event_type if event_type.startswith("Microsoft.KeyVault.") and len(event_type) <= 100 else "other"
         self._events.add(1, {ATTR_EVENT_TYPE: etype, ATTR_EVENT_OUTCOME: outcome})
-        if event_id and self._already_seen(event_id):
+        # The id of a dropped event may be anything the sender put there: only a string counts.
+        if isinstance(event_id, str) and 0 < len(event_id) <= 256 and self._already_seen(event_id):
             self._duplicates.add(1, {ATTR_EVENT_TYPE: etype})
 
     def _already_seen(self, event_id: str) -> bool:

@@ -144,6 +144,8 @@ def test_every_instrument_is_named_in_metric_names(reader: Reader) -> None:
     assert reader.value(metrics.DUPLICATES) == 1
     m.event_handled("<anything a malformed event says>", "dropped", None)  # attacker text never becomes an attribute
     assert reader.value(metrics.EVENTS, cloudevents__event__type="other") == 1
+    m.event_handled("Microsoft.KeyVault.KeyExpired", "dropped", {"not": "a string"})  # found by the trigger fuzzer
+    assert reader.value(metrics.DUPLICATES) == 1
     assert reader.value(metrics.ARM_THROTTLED, cloud__account__id="sub") == 1
 
 
