@@ -90,7 +90,7 @@ _STATE_CLASS: Final = {
     "in-sync": "ok", "current": "ok", "succeeded": "ok", "enabled": "info", "updating": "warn", "held": "warn",
     "lagging": "bad", "failed": "bad", "read-only-stuck": "bad", "revoked": "bad", "disabled": "info",
     "retired": "info", "running": "warn", "pending": "warn", "partially-succeeded": "warn", "pending-approval": "warn",
-    "canceled": "info", "yes": "bad", "maybe": "warn", "no": "ok", "collateral": "bad",
+    "canceled": "info", "unknown": "warn", "yes": "bad", "maybe": "warn", "no": "ok", "collateral": "bad",
 }
 
 

@@ -8,13 +8,14 @@ reconcile pass would do:
 ===================  =========================================================================
 state                when
 ===================  =========================================================================
-in-sync              on the current version (or versionless and not known to be behind)
+in-sync              on the current version
 updating             behind, and an update is due or running (or a versionless service moving)
 held                 behind, and tagged with the hold tag
 lagging              versionless and still behind after ``KEYSTEWARD_LAG_ALERT_MINUTES``
 failed               behind, and the current version is not acceptable for the service
 read-only-stuck      its key cannot be changed after creation and it is not on the current version
 revoked              the key is under a revocation, or the service reports its access revoked
+unknown              versionless, and the service does not report which version it uses (Kusto)
 ===================  =========================================================================
 """
 
@@ -90,12 +91,14 @@ class Estate:
     unfinished_runs: Sequence[tuple[str, str, str, float]] = field(default_factory=tuple)  # run, kind, status, age s
 
 
-def _state_of(kind: ActionKind, reason: str) -> str:
+def _state_of(kind: ActionKind, reason: str, binding: Binding) -> str:
     match kind:
         case ActionKind.IN_SYNC:
             return metrics.STATE_IN_SYNC
         case ActionKind.VERSIONLESS:
-            return metrics.STATE_UPDATING if reason else metrics.STATE_IN_SYNC
+            if reason:
+                return metrics.STATE_UPDATING
+            return metrics.STATE_UNKNOWN if binding.in_use_version is None else metrics.STATE_IN_SYNC
         case ActionKind.UPDATE | ActionKind.IN_FLIGHT:
             return metrics.STATE_UPDATING
         case ActionKind.HELD:
@@ -139,7 +142,7 @@ def _key_view(app: Keysteward, facts: KeyFacts, *, now: datetime) -> KeyView:
             behind = (order.index(current.version) - order.index(used)) if used in order else None
             on_current = used == current.version or (used is None and b.versionless)
             lag = 0.0 if on_current or current.created is None else (now - current.created).total_seconds()
-            views.append(BindingView(b, _state_of(a.kind, a.reason), a.reason, behind, max(0.0, lag)))
+            views.append(BindingView(b, _state_of(a.kind, a.reason, b), a.reason, behind, max(0.0, lag)))
     else:  # deleted (recoverable) or never readable: its bindings cannot use it
         views = [BindingView(b, metrics.STATE_FAILED, "the key has no readable version", None, 0.0)
                  for b in facts.bindings]

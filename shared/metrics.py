@@ -106,8 +106,9 @@ STATE_LAGGING: Final = "lagging"
 STATE_FAILED: Final = "failed"
 STATE_READ_ONLY_STUCK: Final = "read-only-stuck"
 STATE_REVOKED: Final = "revoked"
+STATE_UNKNOWN: Final = "unknown"  # versionless, and the service does not report the version it uses (Kusto)
 BINDING_STATES: Final = (STATE_IN_SYNC, STATE_UPDATING, STATE_HELD, STATE_LAGGING, STATE_FAILED,
-                         STATE_READ_ONLY_STUCK, STATE_REVOKED)
+                         STATE_READ_ONLY_STUCK, STATE_REVOKED, STATE_UNKNOWN)
 
 # Outcome kinds that end a runbook run, and the run kind each belongs to.
 _RUN_OUTCOMES: Final = {"KeyRevoked": "revoke", "KeyRestored": "restore",
