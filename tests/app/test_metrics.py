@@ -19,6 +19,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 import functions._root as root
 from functions.key_events import on_key_vault_event
 from functions.schedules import reconcile_schedule
+from sandbox.faults import FaultRule
 from sandbox.world import World
 from shared import metrics
 from shared.auth import ROLE_READ, ROLE_RESTORE, ROLE_REVOKE, Principal
@@ -185,8 +186,14 @@ def test_metrics_follow_rotation_convergence_revoke_and_restore(world: World, es
     lag = reader.value(metrics.BINDING_LAG)
     assert lag is not None and lag >= total * 300
 
+    # ARM throttles the first update: the 429 is counted for its subscription, and the retry succeeds.
+    world.faults.set_rules([FaultRule.parse({"method": "PATCH", "path": ".*/Microsoft.Kusto/clusters/.*", "status": 429,
+                                             "retry_after": 1, "times": 1})])
+    assert reader.value(metrics.ARM_THROTTLED) is None
     on_key_vault_event(grid_event(event))
     run_queue(queue, world)
+    assert reader.value(metrics.ARM_THROTTLED) == 1
+    assert reader.value(metrics.ARM_CALLS, http__response__status_code=429) == 1
     type_attr = {"cloudevents.event.type": "Microsoft.KeyVault.KeyNewVersionCreated"}
     assert reader.value(metrics.EVENTS, **type_attr) == 1
     assert reader.value(metrics.DUPLICATES) is None
