@@ -704,7 +704,8 @@ def test_the_estate_workbook_queries_metrics_that_exist(template: dict[str, Any]
     assert workbook["kind"] == "shared"
     props = workbook["properties"]
     assert props["sourceId"] == "[variables('insightsId')]"
-    assert props["category"] == "workbook" and props["displayName"]
+    assert props["category"] == "workbook" and props["displayName"]  # required by the 2023-06-01 spec
+    assert props["version"] == "Notebook/1.0"
     # The workbook document, with the component's id put in where it says __INSIGHTS_ID__.
     m = re.fullmatch(r"\[replace\('(.*)', '__INSIGHTS_ID__', variables\('insightsId'\)\)\]",
                      props["serializedData"], flags=re.DOTALL)
