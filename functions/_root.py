@@ -12,6 +12,7 @@ from shared.app import Keysteward, build
 from shared.config import load_settings
 from shared.errors import ConfigError
 from shared.logs import configure
+from shared.metrics import configure_exporter
 
 _lock = threading.Lock()
 _app: Keysteward | None = None
@@ -22,6 +23,7 @@ def get_app() -> Keysteward:
     with _lock:
         if _app is None:
             configure()
+            configure_exporter(os.environ)  # Azure Monitor only with a connection string; else no exporter
             settings = load_settings(os.environ)
             if not settings.has_storage:
                 # Without it the fan-out and confirm passes would have nowhere to go.

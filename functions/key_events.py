@@ -6,6 +6,7 @@ import azure.functions as func
 import structlog
 
 from functions._root import get_app
+from shared import metrics
 from shared.errors import PermanentError
 from shared.events import IgnoredEvent, MalformedEvent, parse_event
 
@@ -39,15 +40,19 @@ def on_key_vault_event(event: func.EventGridEvent) -> None:
         )
     except MalformedEvent as err:
         log.warning("event-dropped", reason=err.reason, event_type=str(event.event_type)[:200])
+        metrics.current().event_handled(str(event.event_type), "dropped", event.id)
         return
     if isinstance(parsed, IgnoredEvent):
         log.info("event-ignored", event_type=parsed.event_type, reason=parsed.reason)
+        metrics.current().event_handled(str(event.event_type), "ignored", event.id)
         return
     structlog.contextvars.bind_contextvars(key=str(parsed.key), event_type=parsed.event_type.value)
     try:
         result = get_app().handle_event(parsed)
     except PermanentError as err:
         log.error("event-failed", error=str(err))  # noqa: TRY400 - a known failure class: no trace needed
+        metrics.current().event_handled(str(event.event_type), "failed", event.id)
         return
+    metrics.current().event_handled(str(event.event_type), result.action, event.id)
     log.info("event-handled", action=result.action, detail=result.detail,
              enqueued=len(result.enqueued), passes=len(result.passes))

@@ -10,7 +10,9 @@ import azure.functions as func
 import structlog
 
 from functions._root import get_app
+from shared import metrics
 from shared.errors import TransientError
+from shared.estate import measure_estate
 from shared.retention import maintenance_pass
 from shared.runbooks import resume_unfinished
 
@@ -43,6 +45,8 @@ def reconcile_schedule(timer: func.TimerRequest) -> None:
     # Runbooks interrupted, or waiting on verification, go on from where their journal says.
     report = resume_unfinished(app)
     log.info("runbooks-resumed", runs=len(report.views), errors=len(report.errors))
+    metrics.current().runs_resumed(report.views)
+    measure_estate(app)  # the gauges (lag, binding states, retirement, revocations) follow the estate
     problems = [*sweep.errors, *report.errors]
     if problems:
         # Fail the invocation so the platform records it; the next pass tries again.

@@ -194,6 +194,7 @@ def banner(stack: Stack) -> str:
     return f"""
 keysteward local stack is running (development only; Ctrl-C stops everything)
   Functions host   {stack.host_url}   (logs: .run/host.log)
+  on-call page     http://127.0.0.1:7072/api/ui?code={stack.keys['function']}   (after: python -m scripts.easyauth)
   sandbox ARM      {stack.conn['arm_url']}   admin: {admin}   CA: {ca}
   Azurite          queues 127.0.0.1:10001, tables 127.0.0.1:10002
   settings         {stack.settings_file.relative_to(ROOT)}

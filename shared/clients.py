@@ -22,6 +22,7 @@ from azure.mgmt.kusto import KustoManagementClient
 from azure.mgmt.resourcegraph import ResourceGraphClient
 
 from shared.config import Settings
+from shared.metrics import ArmCallMeter
 
 ARM_URL = "https://management.azure.com"
 ARM_SCOPES = ("https://management.azure.com/.default",)
@@ -61,6 +62,7 @@ class ClientFactory:
             "base_url": self.arm_url,
             "credential_scopes": list(self.credential_scopes),
             "polling_interval": self.polling_interval,
+            "custom_hook_policy": ArmCallMeter(),  # ARM calls and 429s per subscription (shared/metrics.py)
         }
 
     def _cached(self, kind: str, key: str, make: Callable[[], Any]) -> Any:

@@ -24,6 +24,7 @@ from azure.eventgrid import EventGridEvent
 # so they would be silently dropped; this is the client it builds, given them directly.
 from azure.eventgrid._legacy import EventGridPublisherClient
 
+from shared import metrics
 from shared.errors import PermanentError, translate
 
 EVENT_PREFIX = "KeySteward."
@@ -49,6 +50,7 @@ class LogNotifier:
 
     def publish(self, outcomes: Sequence[Outcome]) -> None:
         log = structlog.get_logger("keysteward.outcome")
+        metrics.current().outcomes_published(outcomes)
         for o in outcomes:
             log.info("outcome", kind=o.kind, subject=o.subject, severity=o.severity, **o.data)
 
@@ -60,6 +62,7 @@ class RecordingNotifier:
         self.outcomes: list[Outcome] = []
 
     def publish(self, outcomes: Sequence[Outcome]) -> None:
+        metrics.current().outcomes_published(outcomes)
         self.outcomes.extend(outcomes)
 
 

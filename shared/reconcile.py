@@ -20,6 +20,7 @@ from enum import StrEnum
 
 import structlog
 
+from shared import metrics
 from shared.clock import Clock
 from shared.config import Settings
 from shared.errors import KeystewardError, PermanentError, TransientError
@@ -166,6 +167,7 @@ class WriteBudget:
                     return
                 self._buckets[subscription] = (tokens, now)
                 wait = (1.0 - tokens) / self._rate
+            metrics.current().pacing_wait(subscription, wait)
             self._sleep(wait)
 
 

@@ -33,6 +33,7 @@ def test_function_app_lists_the_expected_functions_and_triggers():
     expected = {
         "revoke": ["POST"], "restore": ["POST"], "runs/{id}": ["GET"], "runs": ["GET"],
         "runs/{id}/approve": ["POST"], "retire": ["POST"], "check": ["GET"], "keys/status": ["GET"],
+        "ui": ["GET"], "ui/key": ["GET"], "ui/blast-radius": ["GET"], "ui/runs/{id}": ["GET"],
     }
     assert routes == expected
     assert {str(getattr(t.auth_level, "value", t.auth_level)).lower() for t in http.values()} == {
@@ -41,4 +42,5 @@ def test_function_app_lists_the_expected_functions_and_triggers():
     assert set(functions) == {
         "on_key_vault_event", "process_work_item", "rotation_schedule", "reconcile_schedule",
         "revoke", "restore", "get_run", "list_runs", "approve_run", "retire_version", "preflight_check", "key_status",
+        "ui_estate", "ui_key", "ui_blast_radius", "ui_run",
     }

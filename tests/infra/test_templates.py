@@ -603,3 +603,129 @@ def test_example_vault_ids_and_audience_fit_the_template(template: dict[str, Any
         assert len(parts) == 5 and parts[3] == "resourceGroups", rg
     manifest = _load(APP_REGISTRATION_PATH)
     assert set(example["authAllowedAudiences"]["value"]) <= set(manifest["identifierUris"])
+
+
+# --------------------------------------------------------------------------------------
+# Alerts and the estate workbook on keysteward's metrics (shared/metrics.py)
+
+SCHEDULED_QUERY_RULES_API = "2023-12-01"  # specification/monitor/.../stable/2023-12-01/scheduledQueryRule_API.json
+WORKBOOKS_API = "2023-06-01"  # specification/applicationinsights/.../stable/2023-06-01/workbooks_API.json
+ALERT_RULES = {
+    "binding-not-converged",
+    "run-failed-or-stuck",
+    "revocation-in-force-too-long",
+    "key-near-expiry-no-rotation",
+    "version-kept-by-unknown-or-stuck-consumer",
+    "drift-repaired",
+}
+METRIC_EQ = re.compile(r'\bname\s*==\s*"([^"]+)"')
+METRIC_IN = re.compile(r'\bname\s+in\s*\(([^)]*)\)')
+ATTRIBUTE_REF = re.compile(r'customDimensions\["([^"]+)"\]')
+
+
+def _metric_module() -> Any:
+    from shared import metrics
+
+    return metrics
+
+
+def _attributes() -> set[str]:
+    metrics = _metric_module()
+    return {v for k, v in vars(metrics).items() if k.startswith("ATTR_")}
+
+
+def _alerts(template: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    out = {}
+    for res in template["resources"]:
+        if res["type"] == "Microsoft.Insights/scheduledQueryRules":
+            m = re.fullmatch(r"\[format\('\{0\}-([a-z-]+)', variables\('appName'\)\)\]", res["name"])
+            assert m, res["name"]
+            out[m.group(1)] = res
+    return out
+
+
+def _references(query: str) -> tuple[set[str], set[str]]:
+    """The metric names a KQL query selects (``name == "m"``, ``name in ("m", ...)``) and the
+    attributes it reads (``customDimensions["a"]``)."""
+    names = set(METRIC_EQ.findall(query))
+    for group in METRIC_IN.findall(query):
+        names |= set(re.findall(r'"([^"]+)"', group))
+    return names, set(ATTRIBUTE_REF.findall(query))
+
+
+def test_alert_rules_cover_each_condition_on_metrics_that_exist(template: dict[str, Any]) -> None:
+    metrics = _metric_module()
+    alerts = _alerts(template)
+    assert set(alerts) == ALERT_RULES
+    for name, res in alerts.items():
+        assert res["apiVersion"] == SCHEDULED_QUERY_RULES_API, name
+        assert res["kind"] == "LogAlert"
+        assert res["condition"] == "[parameters('deployAlerts')]"
+        props = res["properties"]
+        # Scoped to the app's Application Insights component, where the exporter writes customMetrics.
+        assert props["scopes"] == ["[variables('insightsId')]"], name
+        assert props["actions"]["actionGroups"] == "[parameters('alertActionGroupIds')]"
+        assert 0 <= props["severity"] <= 4
+        (criterion,) = props["criteria"]["allOf"]
+        assert criterion["operator"] == "GreaterThan" and criterion["threshold"] == 0
+        names, attrs = _references(criterion["query"].replace("''", "'"))
+        assert names, f"{name}: the query names no keysteward metric"
+        assert names <= metrics.METRIC_NAMES, f"{name}: unknown metrics {names - metrics.METRIC_NAMES}"
+        assert attrs <= _attributes(), f"{name}: unknown attributes {attrs - _attributes()}"
+    assert template["variables"]["insightsId"] == "[resourceId('Microsoft.Insights/components', variables('insightsName'))]"
+    assert any(r["type"] == "Microsoft.Insights/components" and r["name"] == "[variables('insightsName')]"
+               for r in template["resources"])
+
+
+def test_alert_thresholds_come_from_parameters(template: dict[str, Any]) -> None:
+    alerts = _alerts(template)
+    expected = {
+        "binding-not-converged": "alertConvergenceMinutes",
+        "run-failed-or-stuck": "alertStuckRunMinutes",
+        "revocation-in-force-too-long": "alertRevocationHours",
+        "key-near-expiry-no-rotation": "alertExpiryDays",
+    }
+    for name, param in expected.items():
+        query = alerts[name]["properties"]["criteria"]["allOf"][0]["query"]
+        assert f"parameters('{param}')" in query and "{0}" in query, name
+        assert template["parameters"][param]["type"] == "int"
+    run = alerts["run-failed-or-stuck"]["properties"]["criteria"]["allOf"][0]["query"]
+    assert '"failed", "partially-succeeded"' in run and "keysteward.runbook.unfinished.age" in run
+    drift = alerts["drift-repaired"]["properties"]["criteria"]["allOf"][0]["query"]
+    assert '"VersionDrift"' in drift
+    kept = alerts["version-kept-by-unknown-or-stuck-consumer"]["properties"]["criteria"]["allOf"][0]["query"]
+    assert '"read-only", "unknown", "versionless"' in kept
+
+
+def test_the_estate_workbook_queries_metrics_that_exist(template: dict[str, Any]) -> None:
+    metrics = _metric_module()
+    (workbook,) = [r for r in template["resources"] if r["type"] == "Microsoft.Insights/workbooks"]
+    assert workbook["apiVersion"] == WORKBOOKS_API
+    assert workbook["kind"] == "shared"
+    props = workbook["properties"]
+    assert props["sourceId"] == "[variables('insightsId')]"
+    assert props["category"] == "workbook" and props["displayName"]  # required by the 2023-06-01 spec
+    assert props["version"] == "Notebook/1.0"
+    # The workbook document, with the component's id put in where it says __INSIGHTS_ID__.
+    m = re.fullmatch(r"\[replace\('(.*)', '__INSIGHTS_ID__', variables\('insightsId'\)\)\]",
+                     props["serializedData"], flags=re.DOTALL)
+    assert m, "serializedData must be replace('<workbook JSON>', '__INSIGHTS_ID__', variables('insightsId'))"
+    data = json.loads(m.group(1).replace("''", "'"))
+    assert data["fallbackResourceIds"] == ["__INSIGHTS_ID__"]
+    assert data["version"] == "Notebook/1.0"
+    queries = {i["name"]: i["content"]["query"] for i in data["items"] if i["type"] == 3}
+    assert all(i["content"]["crossComponentResources"] == ["__INSIGHTS_ID__"] for i in data["items"] if i["type"] == 3)
+    assert {"keys-versions-bindings", "lag-over-time", "runs", "bindings-by-state"} <= set(queries)
+    used: set[str] = set()
+    for name, query in queries.items():
+        names, attrs = _references(query)
+        assert names and names <= metrics.METRIC_NAMES, f"{name}: {names - metrics.METRIC_NAMES}"
+        assert attrs <= _attributes(), f"{name}: unknown attributes {attrs - _attributes()}"
+        used |= names
+    alert_metrics = set().union(*(_references(r["properties"]["criteria"]["allOf"][0]["query"])[0]
+                                  for r in _alerts(template).values()))
+    # Every metric keysteward records is shown or alerted on somewhere.
+    assert used | alert_metrics == set(metrics.METRIC_NAMES)
+    assert queries["lag-over-time"].count("keysteward.binding.lag") == 1
+    tree = next(i for i in data["items"] if i["name"] == "keys-versions-bindings")["content"]["gridSettings"]
+    assert tree["hierarchySettings"]["groupBy"] == ["key"]
