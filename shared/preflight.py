@@ -17,13 +17,12 @@ from shared.inventory import by_key
 from shared.model import Binding, KeyVersion, ServiceType
 from shared.reconcile import ACCEPTED_KEY_TYPES
 from shared.rotation import managed_max_age
+from shared.targets import accepted_key_sizes, recommended_key_size, vault_permissions
 from shared.vaults import VaultInfo, find_vaults
 
 if TYPE_CHECKING:
     from shared.app import Keysteward
 
-CMK_PERMISSIONS = ("get", "wrapKey", "unwrapKey")
-ENERGY_PERMISSIONS = ("get", "list", "wrapKey", "unwrapKey")
 POSTGRES_VAULT_RETENTION_DAYS = 90
 
 
@@ -78,14 +77,13 @@ def _key_findings(
         if current.key_type is not None and current.key_type not in ACCEPTED_KEY_TYPES:
             out.append(Finding("violation", rid, "key-type", f"key type {current.key_type} is not RSA"))
         if current.key_size is not None:
-            if not settings.accepts_size(b.service, current.key_size):
-                sizes = ", ".join(str(s) for s in sorted(settings.key_sizes.get(b.service, frozenset())))
+            accepted = accepted_key_sizes(b.service, settings.key_sizes)
+            if current.key_size not in accepted:
+                sizes = ", ".join(str(s) for s in sorted(accepted))
                 out.append(Finding("violation", rid, "key-size",
                                    f"RSA {current.key_size} is not accepted by {b.service.value} (accepts {sizes})"))
             else:
-                from shared.config import RECOMMENDED_MIN_KEY_SIZE  # noqa: PLC0415
-
-                want = RECOMMENDED_MIN_KEY_SIZE.get(b.service)
+                want = recommended_key_size(b.service)
                 if want and current.key_size < want:
                     out.append(Finding("warning", rid, "key-size",
                                        f"RSA {current.key_size}: {b.service.value} recommends {want} or more"))
@@ -95,7 +93,7 @@ def _key_findings(
             ):
                 out.append(Finding("violation", rid, "region",
                                    f"cluster in {b.location}, vault in {info.location}: ADX needs the same region"))
-            needed = ENERGY_PERMISSIONS if b.service is ServiceType.ENERGY else CMK_PERMISSIONS
+            needed = vault_permissions(b.service)
             if info.rbac:
                 out.append(Finding("warning", rid, "access", "RBAC: not verifiable (vault uses Azure RBAC)"))
             elif b.principal_id is None:

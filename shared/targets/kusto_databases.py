@@ -1,0 +1,125 @@
+"""Azure Data Explorer databases with their own key: ``ReadWriteDatabaseProperties.keyVaultProperties``.
+
+Shapes follow ``specification/azure-kusto/resource-manager/Microsoft.Kusto/stable/2024-04-13/kusto.json``
+(``ReadWriteDatabase``, kind ``ReadWrite``; ``ReadWriteDatabaseProperties.keyVaultProperties`` and the
+read-only ``suspensionDetails``) and azure-mgmt-kusto 4.0.0 (api-version 2025-02-14). A database
+without ``keyVaultProperties`` uses its cluster's key and is covered by the cluster's binding;
+follower (``ReadOnlyFollowing``) databases have no key of their own.
+
+ARM lists databases per cluster only (``Databases_ListByCluster``), so the list path reads each
+cluster's databases; Resource Graph returns them as ``microsoft.kusto/clusters/databases`` rows.
+A database uses its key through its cluster's identity; keysteward does not resolve that
+principal here (``principal_id`` stays unknown), so preflight reports the access as not verifiable.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from azure.mgmt.kusto.models import Database, ReadWriteDatabase, ReadWriteDatabaseProperties
+
+from shared.clients import ClientFactory
+from shared.errors import NotFoundError
+from shared.model import Binding, ServiceType
+from shared.targets.base import (
+    CMK_PERMISSIONS,
+    Health,
+    JsonObj,
+    UpdateStart,
+    enum_text,
+    expected_seconds,
+    name_of,
+    operation_recorder,
+    parent_name_of,
+    resource_group_of,
+    sdk,
+    subscription_of,
+)
+from shared.targets.kusto import KUSTO_KEY_SIZES, KustoTarget, kvp_binding, kvp_update
+
+# The one field of SuspensionDetails (kusto.json 2024-04-13) is suspensionStartDate; its presence is
+# the documented sign that the database is suspended, which for a database with its own key is
+# what losing that key does (Data Explorer CMK docs). Health reads that structure, not any text.
+SUSPENDED = "suspended"
+
+
+def _binding(db: Database) -> Binding | None:
+    if not isinstance(db, ReadWriteDatabase) or db.properties is None:
+        return None
+    props = db.properties
+    rid = db.id or ""
+    suspension = props.suspension_details
+    return kvp_binding(
+        rid=rid,
+        service=ServiceType.KUSTO_DATABASE,
+        name=db.name or "",
+        location=db.location or "",
+        kvp=props.key_vault_properties,
+        identity=None,
+        provisioning_state=enum_text(props.provisioning_state),
+        state=SUSPENDED if suspension is not None else None,
+        health=(f"suspended since {suspension.suspension_start_date}" if suspension is not None else None),
+        access_revoked=False,
+        tags={},
+    )
+
+
+class KustoDatabaseTarget:
+    service = ServiceType.KUSTO_DATABASE
+    updatable = True
+    arm_types: ClassVar[tuple[str, ...]] = ("microsoft.kusto/clusters/databases",)
+    reports_key_status: ClassVar[bool] = True  # suspensionDetails
+    # The database-level CMK docs name no sizes of their own; the cluster's rule (RSA 2048) is assumed.
+    key_sizes: ClassVar[frozenset[int]] = KUSTO_KEY_SIZES
+    recommended_key_size: ClassVar[int | None] = None
+    vault_permissions: ClassVar[tuple[str, ...]] = CMK_PERMISSIONS
+
+    def __init__(self, clients: ClientFactory) -> None:
+        self._clients = clients
+        self._clusters = KustoTarget(clients)
+
+    def list_bindings(self, subscription: str) -> list[Binding]:
+        out: list[Binding] = []
+        client = self._clients.kusto(subscription)
+        for cluster in self._clusters.list_clusters(subscription):
+            rg, name = resource_group_of(cluster.id or ""), cluster.name or ""
+            with sdk(f"list databases of Kusto cluster {name}"):
+                databases = list(client.databases.list_by_cluster(rg, name))
+            out.extend(b for d in databases if (b := _binding(d)) is not None)
+        return out
+
+    def bindings_from_row(self, row: JsonObj) -> list[Binding]:
+        if str(row.get("kind", "")).lower() != "readwrite":
+            return []
+        b = _binding(ReadWriteDatabase(row))
+        return [b] if b is not None else []
+
+    def get_binding(self, resource_id: str) -> Binding | None:
+        sub, rg = subscription_of(resource_id), resource_group_of(resource_id)
+        cluster, name = parent_name_of(resource_id), name_of(resource_id)
+        try:
+            with sdk(f"get Kusto database {cluster}/{name}"):
+                db = self._clients.kusto(sub).databases.get(rg, cluster, name)
+        except NotFoundError:
+            return None
+        return _binding(db)
+
+    def start_update(self, binding: Binding, version: str) -> UpdateStart:
+        cluster, name = parent_name_of(binding.resource_id), name_of(binding.resource_id)
+        update = ReadWriteDatabase(
+            location=binding.location or None,
+            properties=ReadWriteDatabaseProperties(key_vault_properties=kvp_update(binding, version)),
+        )
+        seen, hook = operation_recorder()
+        with sdk(f"update Kusto database {cluster}/{name} to {version}"):
+            self._clients.kusto(binding.subscription).databases.begin_update(
+                binding.resource_group, cluster, name, update, polling=False, raw_response_hook=hook
+            )
+        return UpdateStart(binding, version, seen.get("operation"), expected_seconds(seen))
+
+    def health(self, binding: Binding) -> str:
+        if binding.state == SUSPENDED:
+            return Health.REVOKED
+        if (binding.provisioning_state or "").lower() == "succeeded":
+            return Health.OK
+        return Health.UNKNOWN
