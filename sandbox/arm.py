@@ -833,7 +833,8 @@ def _database(world: World, m: _re.Match[str]) -> ArmResource:
 
 
 def _db_kind(body: JsonObj, existing: ArmResource | None) -> str:
-    kind = body.get("kind", existing.kind if existing else None)
+    # Database.kind is the schema's required discriminator, on PUT and PATCH alike.
+    kind = body.get("kind")
     if not isinstance(kind, str) or kind.lower() not in ("readwrite", "readonlyfollowing"):
         raise _bad("The property 'kind' must be ReadWrite or ReadOnlyFollowing.", "InvalidRequestContent")
     if kind.lower() != "readwrite":

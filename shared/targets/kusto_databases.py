@@ -106,7 +106,9 @@ class KustoDatabaseTarget:
 
     def start_update(self, binding: Binding, version: str) -> UpdateStart:
         cluster, name = parent_name_of(binding.resource_id), name_of(binding.resource_id)
+        # kind is the required discriminator of Database (kusto.json); the 4.0.0 model does not set it itself.
         update = ReadWriteDatabase(
+            kind="ReadWrite",
             location=binding.location or None,
             properties=ReadWriteDatabaseProperties(key_vault_properties=kvp_update(binding, version)),
         )

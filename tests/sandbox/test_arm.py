@@ -513,6 +513,76 @@ def test_cosmos_update_to_an_unusable_key_fails_and_keeps_the_old_one(arm_world:
     assert account.identity.principal_id == principal_id_for(account.id)
 
 
+# ---- Kusto databases (kusto.json 2024-04-13: Databases_*; ReadWriteDatabaseProperties) ---------------------
+def test_database_with_its_own_key_put_get_list_patch_through_the_sdk(arm_world: World) -> None:
+    _cluster, v1 = _cmk_cluster(arm_world, "kustodb")
+    client = kusto_client(arm_world)
+    created = client.databases.begin_create_or_update(
+        RG, "kustodb", "sales",
+        km.ReadWriteDatabase(kind="ReadWrite", location=LOCATION, properties=km.ReadWriteDatabaseProperties(
+            key_vault_properties=kvp(arm_world, "kvkustodb", "cmk", v1))),
+    ).result()
+    assert isinstance(created, km.ReadWriteDatabase)
+    # Example KustoDatabasesCreateOrUpdate.json: name "cluster/database", type .../Clusters/Databases.
+    assert (created.name, created.type, created.kind) == ("kustodb/sales", "Microsoft.Kusto/Clusters/Databases",
+                                                          "ReadWrite")
+    got = client.databases.get(RG, "kustodb", "sales")
+    assert got.properties.key_vault_properties.key_version == v1
+    assert got.properties.provisioning_state == "Succeeded"
+    assert got.properties.suspension_details is None
+    assert [d.name for d in client.databases.list_by_cluster(RG, "kustodb")] == ["kustodb/sales"]
+    v2 = add_key_version(arm_world, "kvkustodb", "cmk")
+    arm_world.lro.duration_s = 60
+    poller = client.databases.begin_update(
+        RG, "kustodb", "sales", km.ReadWriteDatabase(kind="ReadWrite", properties=km.ReadWriteDatabaseProperties(
+            key_vault_properties=kvp(arm_world, "kvkustodb", "cmk", v2))), polling=False)
+    initial = poller.polling_method()._initial_response.http_response  # type: ignore[attr-defined]
+    assert initial.status_code == 202
+    status = raw(arm_world, "GET", initial.headers["Azure-AsyncOperation"].split("management.azure.com", 1)[1]
+                 .split("?")[0]).json()
+    assert status["status"] == "Running"
+    arm_world.clock.advance(timedelta(seconds=61))
+    assert client.databases.get(RG, "kustodb", "sales").properties.key_vault_properties.key_version == v2
+    rows = graph_client(arm_world).resources(QueryRequest(
+        subscriptions=[SUB], query="Resources | where type =~ 'microsoft.kusto/clusters/databases'")).data
+    assert [(r["name"], r["kind"]) for r in rows] == [("kustodb/sales", "ReadWrite")]
+
+
+def test_database_suspended_while_its_key_is_unusable(arm_world: World) -> None:
+    _cluster, v1 = _cmk_cluster(arm_world, "kustosusp")
+    client = kusto_client(arm_world)
+    client.databases.begin_create_or_update(
+        RG, "kustosusp", "sales",
+        km.ReadWriteDatabase(kind="ReadWrite", location=LOCATION, properties=km.ReadWriteDatabaseProperties(
+            key_vault_properties=kvp(arm_world, "kvkustosusp", "cmk", v1))),
+    ).result()
+    set_enabled(arm_world, "kvkustosusp", "cmk", v1, False)
+    arm_world.clock.advance(timedelta(seconds=arm_world.service_settings.usage_interval_s + 1))
+    details = client.databases.get(RG, "kustosusp", "sales").properties.suspension_details
+    assert details is not None and details.suspension_start_date is not None
+    set_enabled(arm_world, "kvkustosusp", "cmk", v1, True)
+    arm_world.clock.advance(timedelta(seconds=arm_world.service_settings.usage_interval_s + 1))
+    assert client.databases.get(RG, "kustosusp", "sales").properties.suspension_details is None
+
+
+def test_database_requests_that_azure_refuses(arm_world: World) -> None:
+    make_cluster(arm_world, "kustorefuse")
+    client = kusto_client(arm_world)
+    with pytest.raises(HttpResponseError) as info:
+        client.databases.get(RG, "nosuchcluster", "sales")
+    assert info.value.status_code == 404 and error_code(info.value) == "ParentResourceNotFound"
+    follower = raw(arm_world, "PUT", f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Kusto/clusters/"
+                   "kustorefuse/databases/f", body={"kind": "ReadOnlyFollowing", "location": LOCATION})
+    assert follower.status_code == 400
+    no_kind = raw(arm_world, "PUT", f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Kusto/clusters/"
+                  "kustorefuse/databases/nokind", body={"location": LOCATION, "properties": {}})
+    assert no_kind.status_code == 400  # kind is Database's required discriminator
+    client.databases.begin_create_or_update(RG, "kustorefuse", "plain", km.ReadWriteDatabase(
+        kind="ReadWrite", location=LOCATION, properties=km.ReadWriteDatabaseProperties())).result()
+    client.clusters.begin_delete(RG, "kustorefuse").result()
+    assert not [r for r in arm_world.resources.values() if "kustorefuse" in r.id.lower()]
+
+
 # ---- generic resources --------------------------------------------------------------------------
 def _pg_path(name: str) -> str:
     return f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.DBforPostgreSQL/serverGroupsv2/{name}"
