@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from azure.mgmt.kusto.models import Database, ReadWriteDatabase, ReadWriteDatabaseProperties
+from azure.mgmt.kusto.models import Database, Kind, ReadWriteDatabase, ReadWriteDatabaseProperties
 
 from shared.clients import ClientFactory
 from shared.errors import NotFoundError
@@ -106,12 +106,12 @@ class KustoDatabaseTarget:
 
     def start_update(self, binding: Binding, version: str) -> UpdateStart:
         cluster, name = parent_name_of(binding.resource_id), name_of(binding.resource_id)
-        # kind is the required discriminator of Database (kusto.json); the 4.0.0 model does not set it itself.
         update = ReadWriteDatabase(
-            kind="ReadWrite",
             location=binding.location or None,
             properties=ReadWriteDatabaseProperties(key_vault_properties=kvp_update(binding, version)),
         )
+        # kind is the required discriminator of Database (kusto.json); the 4.0.0 model does not set it itself.
+        update.kind = Kind.READ_WRITE
         seen, hook = operation_recorder()
         with sdk(f"update Kusto database {cluster}/{name} to {version}"):
             self._clients.kusto(binding.subscription).databases.begin_update(
