@@ -53,6 +53,16 @@ def vault_permissions(service: ServiceType) -> tuple[str, ...]:
     return _BY_SERVICE[service].vault_permissions
 
 
+def vault_same_region(service: ServiceType) -> bool:
+    """Whether ``service``'s docs require the vault in the resource's region."""
+    return _BY_SERVICE[service].vault_same_region
+
+
+def vault_retention_days(service: ServiceType) -> int | None:
+    """The vault soft-delete retention (days) ``service``'s docs require; ``None``: no requirement."""
+    return _BY_SERVICE[service].vault_retention_days
+
+
 def graph_types() -> tuple[str, ...]:
     """Every ARM type a registered target reads, lower-case (Resource Graph ``type``)."""
     return tuple(t for cls in TARGET_CLASSES for t in cls.arm_types)
@@ -60,5 +70,5 @@ def graph_types() -> tuple[str, ...]:
 
 __all__ = [
     "TARGET_CLASSES", "Target", "UpdateStart", "accepted_key_sizes", "build_targets", "graph_types",
-    "recommended_key_size", "vault_permissions",
+    "recommended_key_size", "vault_permissions", "vault_retention_days", "vault_same_region",
 ]

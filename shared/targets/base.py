@@ -51,7 +51,9 @@ class Target(Protocol):
     - ``arm_types``: the ARM resource types it reads, lower-case as Resource Graph reports them;
     - ``reports_key_status``: whether the service reports its own key access (health);
     - ``key_sizes`` / ``recommended_key_size``: accepted RSA sizes and the docs' recommendation;
-    - ``vault_permissions``: what its identity needs on the vault (access-policy names).
+    - ``vault_permissions``: what its identity needs on the vault (access-policy names);
+    - ``vault_same_region``: whether its docs require the vault in the resource's region;
+    - ``vault_retention_days``: the soft-delete retention its docs require of the vault, if any.
     """
 
     service: ServiceType
@@ -61,6 +63,8 @@ class Target(Protocol):
     key_sizes: ClassVar[frozenset[int]]
     recommended_key_size: ClassVar[int | None]
     vault_permissions: ClassVar[tuple[str, ...]]
+    vault_same_region: ClassVar[bool]
+    vault_retention_days: ClassVar[int | None]
 
     def bindings_from_row(self, row: JsonObj) -> list[Binding]:
         """The bindings a Resource Graph row (ARM JSON: id, name, type, location, tags, identity,

@@ -86,6 +86,8 @@ class CosmosTarget:
     key_sizes: ClassVar[frozenset[int]] = RSA_SIZES
     recommended_key_size: ClassVar[int | None] = 3072
     vault_permissions: ClassVar[tuple[str, ...]] = CMK_PERMISSIONS
+    vault_same_region: ClassVar[bool] = False
+    vault_retention_days: ClassVar[int | None] = None
 
     def __init__(self, clients: ClientFactory) -> None:
         self._clients = clients

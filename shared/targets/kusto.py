@@ -142,6 +142,8 @@ class KustoTarget:
     key_sizes: ClassVar[frozenset[int]] = KUSTO_KEY_SIZES
     recommended_key_size: ClassVar[int | None] = None
     vault_permissions: ClassVar[tuple[str, ...]] = CMK_PERMISSIONS
+    vault_same_region: ClassVar[bool] = True  # Data Explorer docs: the vault in the cluster's region
+    vault_retention_days: ClassVar[int | None] = None
 
     def __init__(self, clients: ClientFactory) -> None:
         self._clients = clients

@@ -73,6 +73,8 @@ class KustoDatabaseTarget:
     key_sizes: ClassVar[frozenset[int]] = KUSTO_KEY_SIZES
     recommended_key_size: ClassVar[int | None] = None
     vault_permissions: ClassVar[tuple[str, ...]] = CMK_PERMISSIONS
+    vault_same_region: ClassVar[bool] = True  # the cluster's rule (the database lives in its cluster)
+    vault_retention_days: ClassVar[int | None] = None
 
     def __init__(self, clients: ClientFactory) -> None:
         self._clients = clients

@@ -25,6 +25,7 @@ class PostgresTarget(ReadOnlyArmTarget):
     arm_type: ClassVar[str] = "Microsoft.DBforPostgreSQL/serverGroupsv2"
     api_version: ClassVar[str] = "2023-03-02-preview"
     arm_types: ClassVar[tuple[str, ...]] = ("microsoft.dbforpostgresql/servergroupsv2",)
+    vault_retention_days: ClassVar[int | None] = 90  # product docs: 90-day deleted-vault retention
 
     def key_of(self, properties: JsonObj) -> tuple[str | None, str | None]:
         enc = properties.get("dataEncryption")

@@ -67,6 +67,8 @@ class ReadOnlyArmTarget:
     key_sizes: ClassVar[frozenset[int]] = RSA_SIZES
     recommended_key_size: ClassVar[int | None] = None
     vault_permissions: ClassVar[tuple[str, ...]] = CMK_PERMISSIONS
+    vault_same_region: ClassVar[bool] = False
+    vault_retention_days: ClassVar[int | None] = None
 
     def __init__(self, clients: ClientFactory) -> None:
         self._clients = clients
