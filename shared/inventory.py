@@ -78,11 +78,13 @@ class ResourceGraphInventory:
                 return
 
     def bindings(self, subscriptions: Sequence[str]) -> list[Binding]:
+        rows = list(self._rows(subscriptions))
+        by_id = {str(row.get("id", "")).lower(): row for row in rows}
         out: list[Binding] = []
-        for row in self._rows(subscriptions):
+        for row in rows:
             target = self._by_type.get(str(row.get("type", "")).lower())
             if target is not None:
-                out.extend(target.bindings_from_row(row))
+                out.extend(target.bindings_from_row(row, by_id))
         return out
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
@@ -66,9 +66,11 @@ class Target(Protocol):
     vault_same_region: ClassVar[bool]
     vault_retention_days: ClassVar[int | None]
 
-    def bindings_from_row(self, row: JsonObj) -> list[Binding]:
-        """The bindings a Resource Graph row (ARM JSON: id, name, type, location, tags, identity,
-        properties) of one of ``arm_types`` describes; empty when it uses no customer-managed key."""
+    def bindings_from_row(self, row: JsonObj, rows: Mapping[str, JsonObj]) -> list[Binding]:
+        """The bindings a Resource Graph row (ARM JSON: id, name, type, kind, location, tags, identity,
+        properties) of one of ``arm_types`` describes; empty when it uses no customer-managed key.
+        ``rows`` holds every row of the query by lower-cased id, for a child resource whose key is
+        used through its parent's identity."""
         ...
 
     def list_bindings(self, subscription: str) -> list[Binding]:

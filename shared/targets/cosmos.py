@@ -5,6 +5,7 @@ never written (Cosmos follows the new version itself) but tracked for lag.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from azure.mgmt.cosmosdb.models import (
@@ -97,7 +98,7 @@ class CosmosTarget:
             accounts = list(self._clients.cosmos(subscription).database_accounts.list())
         return [b for a in accounts if (b := _binding(a)) is not None]
 
-    def bindings_from_row(self, row: JsonObj) -> list[Binding]:
+    def bindings_from_row(self, row: JsonObj, rows: Mapping[str, JsonObj]) -> list[Binding]:  # noqa: ARG002
         b = _binding(DatabaseAccountGetResults(row))
         return [b] if b is not None else []
 

@@ -14,6 +14,7 @@ client id) and changes only ``keyVersion``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from azure.mgmt.kusto.models import Cluster, ClusterProperties, ClusterUpdate, KeyVaultProperties
@@ -155,7 +156,7 @@ class KustoTarget:
     def list_bindings(self, subscription: str) -> list[Binding]:
         return [b for c in self.list_clusters(subscription) if (b := _binding(c)) is not None]
 
-    def bindings_from_row(self, row: JsonObj) -> list[Binding]:
+    def bindings_from_row(self, row: JsonObj, rows: Mapping[str, JsonObj]) -> list[Binding]:  # noqa: ARG002
         b = _binding(Cluster(row))
         return [b] if b is not None else []
 

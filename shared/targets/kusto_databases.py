@@ -8,15 +8,17 @@ follower (``ReadOnlyFollowing``) databases have no key of their own.
 
 ARM lists databases per cluster only (``Databases_ListByCluster``), so the list path reads each
 cluster's databases; Resource Graph returns them as ``microsoft.kusto/clusters/databases`` rows.
-A database uses its key through its cluster's identity; keysteward does not resolve that
-principal here (``principal_id`` stays unknown), so preflight reports the access as not verifiable.
+A database uses its key through its cluster's identity (``userIdentity`` names one of the
+cluster's user-assigned identities, empty means the cluster's system identity), so its
+``principal_id`` is resolved from the cluster: a remove-access revocation must reach it.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
-from azure.mgmt.kusto.models import Database, Kind, ReadWriteDatabase, ReadWriteDatabaseProperties
+from azure.mgmt.kusto.models import Cluster, Database, Kind, ReadWriteDatabase, ReadWriteDatabaseProperties
 
 from shared.clients import ClientFactory
 from shared.errors import NotFoundError
@@ -43,7 +45,11 @@ from shared.targets.kusto import KUSTO_KEY_SIZES, KustoTarget, kvp_binding, kvp_
 SUSPENDED = "suspended"
 
 
-def _binding(db: Database) -> Binding | None:
+def _cluster_id(database_id: str) -> str:
+    return database_id.rstrip("/").rsplit("/", 2)[0]
+
+
+def _binding(db: Database, cluster_identity: Any) -> Binding | None:
     if not isinstance(db, ReadWriteDatabase) or db.properties is None:
         return None
     props = db.properties
@@ -55,7 +61,7 @@ def _binding(db: Database) -> Binding | None:
         name=db.name or "",
         location=db.location or "",
         kvp=props.key_vault_properties,
-        identity=None,
+        identity=cluster_identity,
         provisioning_state=enum_text(props.provisioning_state),
         state=SUSPENDED if suspension is not None else None,
         health=(f"suspended since {suspension.suspension_start_date}" if suspension is not None else None),
@@ -87,24 +93,27 @@ class KustoDatabaseTarget:
             rg, name = resource_group_of(cluster.id or ""), cluster.name or ""
             with sdk(f"list databases of Kusto cluster {name}"):
                 databases = list(client.databases.list_by_cluster(rg, name))
-            out.extend(b for d in databases if (b := _binding(d)) is not None)
+            out.extend(b for d in databases if (b := _binding(d, cluster.identity)) is not None)
         return out
 
-    def bindings_from_row(self, row: JsonObj) -> list[Binding]:
+    def bindings_from_row(self, row: JsonObj, rows: Mapping[str, JsonObj]) -> list[Binding]:
         if str(row.get("kind", "")).lower() != "readwrite":
             return []
-        b = _binding(ReadWriteDatabase(row))
+        parent = rows.get(_cluster_id(str(row.get("id", ""))).lower())
+        b = _binding(ReadWriteDatabase(row), Cluster(parent).identity if parent is not None else None)
         return [b] if b is not None else []
 
     def get_binding(self, resource_id: str) -> Binding | None:
         sub, rg = subscription_of(resource_id), resource_group_of(resource_id)
         cluster, name = parent_name_of(resource_id), name_of(resource_id)
+        client = self._clients.kusto(sub)
         try:
             with sdk(f"get Kusto database {cluster}/{name}"):
-                db = self._clients.kusto(sub).databases.get(rg, cluster, name)
+                db = client.databases.get(rg, cluster, name)
+                parent = client.clusters.get(rg, cluster)
         except NotFoundError:
             return None
-        return _binding(db)
+        return _binding(db, parent.identity)
 
     def start_update(self, binding: Binding, version: str) -> UpdateStart:
         cluster, name = parent_name_of(binding.resource_id), name_of(binding.resource_id)

@@ -11,7 +11,7 @@ there, so transient and permanent mean the same here as for every other adapter.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
 from azure.core.exceptions import (
@@ -143,7 +143,7 @@ class ReadOnlyArmTarget:
     def list_bindings(self, subscription: str) -> list[Binding]:
         return [b for r in self._pages(subscription) if (b := self._binding(r)) is not None]
 
-    def bindings_from_row(self, row: JsonObj) -> list[Binding]:
+    def bindings_from_row(self, row: JsonObj, rows: Mapping[str, JsonObj]) -> list[Binding]:  # noqa: ARG002
         b = self._binding(row)
         return [b] if b is not None else []
 

@@ -148,6 +148,9 @@ def test_databases_with_their_own_key_are_inventoried_on_both_paths(world: World
     [b] = via_arm
     assert (b.resource_id.lower(), b.pinned_version, b.updatable, b.name) == (
         rid.lower(), estate.v1, True, f"{cluster}/sales")
+    # The database uses its key as its cluster's (system) identity: remove-access must reach that principal.
+    assert b.principal_id == estate.cluster(estate.clusters[0][0], cluster).identity.principal_id
+    assert steward(world, estate)[0].targets[ServiceType.KUSTO_DATABASE].get_binding(rid) == b
     assert "microsoft.kusto/clusters/databases" in GRAPH_QUERY
 
 
