@@ -9,10 +9,16 @@ Answers what the official management SDKs send (azure-mgmt-keyvault, -kusto, -co
 * ``Microsoft.Kusto/clusters``: PUT create (201 + Azure-AsyncOperation), PATCH (202 +
   Azure-AsyncOperation/Location/Retry-After, ``operationKind: ServiceConfigurationAlter``),
   GET, DELETE, lists; ``If-Match``/``If-None-Match`` with ETags.
+* ``Microsoft.Kusto/clusters/{cluster}/databases``: PUT/PATCH (201/202 + Azure-AsyncOperation), GET,
+  DELETE, list by cluster; ``ReadWrite`` databases may carry their own ``keyVaultProperties``.
 * ``Microsoft.DocumentDB/databaseAccounts``: PUT and PATCH answer 200 (the only code the
   generated client accepts) with an Azure-AsyncOperation header; GET, DELETE, lists.
 * Generic tracked resources: user-assigned identities, Cosmos DB for PostgreSQL clusters
-  (``serverGroupsv2``) and Azure Data Manager for Energy (``energyServices``); synchronous.
+  (``serverGroupsv2``, ``dataEncryption`` at 2023-03-02-preview) and Azure Data Manager for Energy
+  (``energyServices``, ``encryption.keyVaultProperties``); synchronous.
+
+Each shape cites its REST spec file and api-version beside its code; ``sandbox/README.md`` has the
+table and says where the sandbox still guesses.
 * Operation status at ``/subscriptions/{sub}/providers/{ns}/locations/{loc}/operationResults|
   operationsStatus/{id}``; operations complete on sandbox time (see ``services.py``).
 * Resource Graph ``POST /providers/Microsoft.ResourceGraph/resources`` with a small, honest

@@ -18,6 +18,8 @@ Outcomes of a use, per service:
 * Cosmos DB: ``customerManagedKeyStatus`` becomes a revoked message (see
   :data:`COSMOS_REVOKED_MESSAGES`); after access returns it goes back to
   :data:`COSMOS_CMK_CONFIRMED` only once ``service_settings.cosmos_recovery_s`` have passed.
+* Kusto databases with their own key: ``suspensionDetails {suspensionStartDate}`` appears while
+  the key cannot be used and goes when it can (kusto.json 2024-04-13 ``ReadWriteDatabaseProperties``).
 * PostgreSQL clusters and Energy services document no status field for key access, so the
   outcome lives in simulation state only.
 
