@@ -7,7 +7,9 @@ without ``keyVaultProperties`` uses its cluster's key and is covered by the clus
 follower (``ReadOnlyFollowing``) databases have no key of their own.
 
 ARM lists databases per cluster only (``Databases_ListByCluster``), so the list path reads each
-cluster's databases; Resource Graph returns them as ``microsoft.kusto/clusters/databases`` rows.
+cluster's databases, one call per cluster, in order (sequential on purpose: request order stays
+deterministic for the sandbox's seeded faults; large estates use the Resource Graph path);
+Resource Graph returns them as ``microsoft.kusto/clusters/databases`` rows.
 A database uses its key through its cluster's identity (``userIdentity`` names one of the
 cluster's user-assigned identities, empty means the cluster's system identity), so its
 ``principal_id`` is resolved from the cluster: a remove-access revocation must reach it.
