@@ -9,10 +9,16 @@ Answers what the official management SDKs send (azure-mgmt-keyvault, -kusto, -co
 * ``Microsoft.Kusto/clusters``: PUT create (201 + Azure-AsyncOperation), PATCH (202 +
   Azure-AsyncOperation/Location/Retry-After, ``operationKind: ServiceConfigurationAlter``),
   GET, DELETE, lists; ``If-Match``/``If-None-Match`` with ETags.
+* ``Microsoft.Kusto/clusters/{cluster}/databases``: PUT/PATCH (201/202 + Azure-AsyncOperation), GET,
+  DELETE, list by cluster; ``ReadWrite`` databases may carry their own ``keyVaultProperties``.
 * ``Microsoft.DocumentDB/databaseAccounts``: PUT and PATCH answer 200 (the only code the
   generated client accepts) with an Azure-AsyncOperation header; GET, DELETE, lists.
 * Generic tracked resources: user-assigned identities, Cosmos DB for PostgreSQL clusters
-  (``serverGroupsv2``) and Azure Data Manager for Energy (``energyServices``); synchronous.
+  (``serverGroupsv2``, ``dataEncryption`` at 2023-03-02-preview) and Azure Data Manager for Energy
+  (``energyServices``, ``encryption.keyVaultProperties``); synchronous.
+
+Each shape cites its REST spec file and api-version beside its code; ``sandbox/README.md`` has the
+table and says where the sandbox still guesses.
 * Operation status at ``/subscriptions/{sub}/providers/{ns}/locations/{loc}/operationResults|
   operationsStatus/{id}``; operations complete on sandbox time (see ``services.py``).
 * Resource Graph ``POST /providers/Microsoft.ResourceGraph/resources`` with a small, honest
@@ -797,6 +803,141 @@ def list_clusters_sub(world: World, req: Request, m: _re.Match[str]) -> Response
     return _page(req, _resources_of(world, KUSTO_TYPE, m["sub"]), resource_json)
 
 
+# ---- Kusto databases ---------------------------------------------------------------------
+# specification/azure-kusto/resource-manager/Microsoft.Kusto/stable/2024-04-13/kusto.json:
+# Databases_CreateOrUpdate (PUT, 200/201/202 LRO), Databases_Update (PATCH, 200/201/202 LRO),
+# Databases_Get, Databases_ListByCluster, Databases_Delete; ReadWriteDatabase (kind "ReadWrite")
+# with ReadWriteDatabaseProperties {softDeletePeriod, hotCachePeriod, keyVaultProperties, and the
+# read-only provisioningState, statistics, isFollowed, suspensionDetails}. Example
+# KustoDatabasesCreateOrUpdate.json: name "cluster/database", type "Microsoft.Kusto/Clusters/Databases".
+# Followers (kind ReadOnlyFollowing) are made by attaching, not by PUT; the sandbox refuses them.
+KUSTO_DB_TYPE = "Microsoft.Kusto/Clusters/Databases"
+_DATABASE = _CLUSTER + r"/databases/(?P<db>[^/]+)"
+_DB_READ_ONLY = ("provisioningState", "statistics", "isFollowed", "suspensionDetails")
+
+
+def _db_rid(m: _re.Match[str]) -> str:
+    return _rid(m["sub"], m["rg"], KUSTO_TYPE, m["name"]) + f"/databases/{m['db']}"
+
+
+def _cluster_of(world: World, m: _re.Match[str]) -> ArmResource:
+    cluster = _find(world, _rid(m["sub"], m["rg"], KUSTO_TYPE, m["name"]), KUSTO_TYPE)
+    if cluster is None:
+        raise SandboxError(
+            404, "ParentResourceNotFound",
+            f"Can not perform requested operation on nested resource. Parent resource '{m['name']}' not found.",
+        )
+    return cluster
+
+
+def _database(world: World, m: _re.Match[str]) -> ArmResource:
+    _cluster_of(world, m)
+    res = _find(world, _db_rid(m), KUSTO_DB_TYPE)
+    if res is None:
+        raise _not_found(KUSTO_DB_TYPE, f"{m['name']}/{m['db']}", m["rg"])
+    return res
+
+
+def _db_kind(body: JsonObj, existing: ArmResource | None) -> str:
+    # Database.kind is the schema's required discriminator, on PUT and PATCH alike.
+    kind = body.get("kind")
+    if not isinstance(kind, str) or kind.lower() not in ("readwrite", "readonlyfollowing"):
+        raise _bad("The property 'kind' must be ReadWrite or ReadOnlyFollowing.", "InvalidRequestContent")
+    if kind.lower() != "readwrite":
+        raise _bad("A ReadOnlyFollowing database is created by attaching a follower, not by PUT.")
+    if existing is not None and (existing.kind or "").lower() != kind.lower():
+        raise _bad(f"The kind of database '{existing.name}' cannot be changed.")
+    return "ReadWrite"
+
+
+def _db_patch(props: JsonObj) -> JsonObj:
+    patch = {k: copy.deepcopy(v) for k, v in props.items() if k not in _DB_READ_ONLY}
+    kvp = _kusto_kvp(props)
+    if kvp is not None:
+        patch["keyVaultProperties"] = kvp or None
+    return patch
+
+
+@ROUTER.route("PUT", _DATABASE)
+def put_database(world: World, req: Request, m: _re.Match[str]) -> Response:
+    cluster = _cluster_of(world, m)
+    rid = _db_rid(m)
+    existing = _find(world, rid, KUSTO_DB_TYPE)
+    body = _body(req)
+    _db_kind(body, existing)
+    if existing is not None:
+        return _update_database(world, req, existing, body)
+    patch = _db_patch(_props(body))
+    res = ArmResource(
+        id=rid,
+        type=KUSTO_DB_TYPE,
+        name=f"{cluster.name}/{m['db']}",
+        subscription=m["sub"],
+        resource_group=m["rg"],
+        location=_location(body, required=False) or cluster.location,
+        properties={**{k: v for k, v in patch.items() if k != "keyVaultProperties"},
+                    "provisioningState": "Creating", "isFollowed": False},
+        kind="ReadWrite",
+    )
+    res.sim["cluster"] = cluster.id
+    world.resources[rid.lower()] = res
+    res.sim["creating"] = True
+    headers = _start_operation(
+        world, req, res, provider="Microsoft.Kusto", segment="operationResults", kind="DatabaseCreate",
+        patch={"keyVaultProperties": patch["keyVaultProperties"]} if patch.get("keyVaultProperties") else {},
+        can_fail=False,
+    )
+    return json_response(201, resource_json(res), headers)
+
+
+def _update_database(world: World, req: Request, res: ArmResource, body: JsonObj) -> Response:
+    if res.sim.get("pendingOperation"):
+        raise SandboxError(409, "Conflict", f"Database '{res.name}' has an operation in progress; retry later.")
+    patch = _db_patch(_props(body))
+    if "location" in body and isinstance(body["location"], str) and body["location"].strip():
+        res.location = body["location"]
+    # Kusto ProvisioningState has no "Updating": a running operation shows as "Running".
+    res.properties["provisioningState"] = "Running"
+    headers = _start_operation(
+        world, req, res, provider="Microsoft.Kusto", segment="operationResults", kind="DatabaseUpdate",
+        patch=patch, can_fail=True,
+    )
+    return json_response(202, resource_json(res), headers)
+
+
+@ROUTER.route("PATCH", _DATABASE)
+def patch_database(world: World, req: Request, m: _re.Match[str]) -> Response:
+    res = _database(world, m)
+    body = _body(req)
+    _db_kind(body, res)
+    return _update_database(world, req, res, body)
+
+
+@ROUTER.route("GET", _DATABASE)
+def get_database(world: World, _req: Request, m: _re.Match[str]) -> Response:
+    return json_response(200, resource_json(_database(world, m)))
+
+
+@ROUTER.route("DELETE", _DATABASE)
+def delete_database(world: World, _req: Request, m: _re.Match[str]) -> Response:
+    _cluster_of(world, m)
+    return _delete_tracked(world, _db_rid(m), KUSTO_DB_TYPE, gone_status=204, done_status=200)
+
+
+def databases_of(world: World, cluster_id: str) -> list[ArmResource]:
+    cid = cluster_id.lower()
+    return [
+        r for r in world.resources.values()
+        if r.type == KUSTO_DB_TYPE and str(r.sim.get("cluster", "")).lower() == cid
+    ]
+
+
+@ROUTER.route("GET", _CLUSTER + r"/databases")
+def list_databases(world: World, req: Request, m: _re.Match[str]) -> Response:
+    cluster = _cluster_of(world, m)
+    return _page(req, databases_of(world, cluster.id), resource_json)
+
+
 # Kusto cluster and Cosmos account names are global (they become DNS names). A per-world index
 # keeps the check O(1), so creating the 10,000th cluster does not scan the other 9,999; entries
 # left behind by deletes or world.reset() are recognised as stale and ignored.
@@ -1030,6 +1171,8 @@ def delete_cluster(world: World, req: Request, m: _re.Match[str]) -> Response:
     res = _find(world, rid, KUSTO_TYPE)
     if res is not None:
         _check_preconditions(req, res.etag)
+        for db in databases_of(world, res.id):
+            del world.resources[db.id.lower()]
     return _delete_tracked(world, rid, KUSTO_TYPE, gone_status=204, done_status=200)
 
 
@@ -1064,7 +1207,7 @@ def get_operation(world: World, req: Request, m: _re.Match[str]) -> Response:
     body: JsonObj = {
         "id": f"/subscriptions/{op.subscription}/providers/{op.provider}/locations/{op.location}/{m['seg']}/{op.id}",
         "name": op.id,
-        "status": op.status,
+        "status": _status_text(op),
         "startTime": isoformat(op.started),
         "percentComplete": 100.0 if done or total <= 0 else round(100.0 * (1 - remaining / total), 1),
         "properties": {"operationKind": op.kind},
@@ -1074,6 +1217,18 @@ def get_operation(world: World, req: Request, m: _re.Match[str]) -> Response:
     if op.error is not None:
         body["error"] = op.error
     return json_response(200, body, headers)
+
+
+# The status an operation shows while it runs. Kusto: OperationResult.status is the Status enum
+# Succeeded | Canceled | Failed | Running (kusto.json 2024-04-13, azure-mgmt-kusto 4.0.0 models.Status).
+# Other providers: ARM's async-operation guidance's "InProgress" (no provider spec here names one).
+_RUNNING_TEXT = {"microsoft.kusto": "Running"}
+
+
+def _status_text(op: Operation) -> str:
+    if op.status == "InProgress":
+        return _RUNNING_TEXT.get(op.provider.lower(), "InProgress")
+    return op.status
 
 
 def _qs(req: Request) -> str:
@@ -1097,16 +1252,35 @@ def _generic_type(m: _re.Match[str]) -> str:
     return rtype
 
 
+# Cosmos DB for PostgreSQL: specification/postgresqlhsc/resource-manager/Microsoft.DBforPostgreSQL/
+# PostgresqlHsc/preview/2023-03-02-preview/postgresqlhsc.json, ClusterProperties.dataEncryption
+# {primaryKeyUri, primaryUserAssignedIdentityId, type: AzureKeyVault | SystemAssigned}. Only that
+# api-version has dataEncryption (and identity); stable 2022-11-08 has neither, so the sandbox leaves
+# both out of answers at other api-versions and refuses them in requests (a sandbox choice: real ARM
+# may ignore unknown properties instead).
+PG_CMK_API_VERSIONS = frozenset({"2023-03-02-preview"})
+PG_ENCRYPTION_TYPES = ("AzureKeyVault", "SystemAssigned")
+# Data Manager for Energy: specification/oep/resource-manager/Microsoft.OpenEnergyPlatform/stable/
+# 2024-05-21/oep.json (same shape in preview/2022-12-01-preview and stable/2023-11-12):
+# EnergyServiceProperties.encryption {keySource: Microsoft.Keyvault, keyVaultProperties: {keyName,
+# keyVersion, keyVaultUri, userIdentity}}, keyName and keyVaultUri required. 2024-05-21's
+# EnergyServiceUpdateProperties carries encryption, so a PATCH at 2024-05-21 or later may change the
+# key; a PUT on an existing instance, or a PATCH at an older api-version, may not (the product
+# document: "You cannot edit CMK settings once the ... instance is created").
+ENERGY_CMK_PATCH_FROM = "2024-05-21"
+ENERGY_KEY_SOURCES = ("Microsoft.Keyvault",)
+
+
 def _cmk_of(rtype: str, props: JsonObj) -> Any:
     if rtype == POSTGRES_TYPE:
-        return props.get("dataencryption")
+        return props.get("dataEncryption")
     if rtype == ENERGY_TYPE:
-        return (
-            (props.get("encryption") or {}).get("customerManagedKeyEncryption")
-            if isinstance(props.get("encryption"), dict)
-            else props.get("encryption")
-        )
+        return props.get("encryption")
     return None
+
+
+def _cmk_field(rtype: str) -> str | None:
+    return {POSTGRES_TYPE: "dataEncryption", ENERGY_TYPE: "encryption"}.get(rtype)
 
 
 def _norm(value: Any) -> Any:
@@ -1119,49 +1293,64 @@ def _norm(value: Any) -> Any:
     return value
 
 
-def _validate_generic_cmk(world: World, rtype: str, props: JsonObj, identity: JsonObj | None) -> None:
+def _validate_generic_cmk(world: World, rtype: str, props: JsonObj, identity: JsonObj | None, api: str) -> None:
     if rtype == POSTGRES_TYPE:
-        enc = props.get("dataencryption")
+        if "dataencryption" in {k.lower() for k in props} and "dataEncryption" not in props:
+            raise _bad(
+                "Unknown property 'dataencryption': the 2023-03-02-preview schema names it 'dataEncryption'.",
+                "InvalidRequestContent",
+            )
+        enc = props.get("dataEncryption")
         if enc is None:
             return
+        if api not in PG_CMK_API_VERSIONS:
+            raise _bad(
+                f"dataEncryption is not part of api-version '{api}'; use 2023-03-02-preview.",
+                "InvalidRequestContent",
+            )
         if not isinstance(enc, dict):
-            raise _bad("dataencryption must be an object.", "InvalidRequestContent")
-        kind = str(enc.get("type", "SystemManaged"))
-        if kind.lower() == "systemmanaged":
+            raise _bad("dataEncryption must be an object.", "InvalidRequestContent")
+        kind = enc.get("type", "SystemAssigned")
+        if kind not in PG_ENCRYPTION_TYPES:
+            raise _bad(f"dataEncryption.type must be one of {', '.join(PG_ENCRYPTION_TYPES)}; got {kind!r}.")
+        if kind == "SystemAssigned":
             return
-        if kind.lower() != "azurekeyvault":
-            raise _bad("dataencryption.type must be AzureKeyVault or SystemManaged.")
         uri, uai = enc.get("primaryKeyUri"), enc.get("primaryUserAssignedIdentityId")
         if not isinstance(uri, str) or services.parse_key_uri(world, uri) is None:
-            raise _bad("dataencryption.primaryKeyUri must be a Key Vault key URI.")
+            raise _bad("dataEncryption.primaryKeyUri must be a Key Vault key URI.")
         if not isinstance(uai, str) or services.uai_principal(world, identity, uai) is None:
             raise _bad(
-                "dataencryption.primaryUserAssignedIdentityId must name a user-assigned identity assigned to the "
+                "dataEncryption.primaryUserAssignedIdentityId must name a user-assigned identity assigned to the "
                 "cluster (customer-managed keys need a user-assigned identity)."
             )
     elif rtype == ENERGY_TYPE:
         enc = props.get("encryption")
         if enc is None:
             return
-        cmk = enc.get("customerManagedKeyEncryption") if isinstance(enc, dict) else None
-        if not isinstance(cmk, dict):
-            raise _bad("encryption.customerManagedKeyEncryption must be an object.", "InvalidRequestContent")
-        url = cmk.get("keyEncryptionKeyUrl")
-        if not isinstance(url, str) or services.parse_key_uri(world, url) is None:
-            raise _bad("customerManagedKeyEncryption.keyEncryptionKeyUrl must be a Key Vault key URI.")
-        kid = cmk.get("keyEncryptionKeyIdentity") or {}
-        if not isinstance(kid, dict):
-            raise _bad("keyEncryptionKeyIdentity must be an object.", "InvalidRequestContent")
-        if str(kid.get("identityType", "")).lower() == "userassignedidentity":
-            uai = kid.get("userAssignedIdentityResourceId")
-            if not isinstance(uai, str) or services.uai_principal(world, identity, uai) is None:
-                raise _bad(
-                    "keyEncryptionKeyIdentity.userAssignedIdentityResourceId is not assigned to the resource."
-                )
+        if not isinstance(enc, dict):
+            raise _bad("encryption must be an object.", "InvalidRequestContent")
+        source = enc.get("keySource", "Microsoft.Keyvault")
+        if not isinstance(source, str) or source.lower() not in {s.lower() for s in ENERGY_KEY_SOURCES}:
+            raise _bad(f"encryption.keySource must be Microsoft.Keyvault; got {source!r}.")
+        kvp = enc.get("keyVaultProperties")
+        if not isinstance(kvp, dict) or not all(v is None or isinstance(v, str) for v in kvp.values()):
+            raise _bad("encryption.keyVaultProperties must be an object of strings.", "InvalidRequestContent")
+        if not kvp.get("keyName") or not kvp.get("keyVaultUri"):
+            raise _bad("encryption.keyVaultProperties needs keyName and keyVaultUri.")
+        if services.parse_key_uri(world, f"{str(kvp['keyVaultUri']).rstrip('/')}/keys/{kvp['keyName']}") is None:
+            raise _bad("encryption.keyVaultProperties.keyVaultUri must be a Key Vault URI.")
+        uai = kvp.get("userIdentity")
+        if uai and services.uai_principal(world, identity, str(uai)) is None:
+            raise _bad("encryption.keyVaultProperties.userIdentity is not assigned to the resource.")
+
+
+def _api_at_least(api: str, floor: str) -> bool:
+    # ARM api-versions compare by their date part (YYYY-MM-DD[-preview]).
+    return api[:10] >= floor[:10]
 
 
 def _generic_props(
-    world: World, rtype: str, rid: str, incoming: JsonObj, existing: ArmResource | None
+    world: World, rtype: str, rid: str, incoming: JsonObj, existing: ArmResource | None, *, key_change_ok: bool = False
 ) -> JsonObj:
     if rtype == UAI_TYPE:
         if existing is not None:
@@ -1172,9 +1361,9 @@ def _generic_props(
             "clientId": principal_id_for(rid + "/clientid"),
         }
     props = {**(existing.properties if existing else {}), **copy.deepcopy(incoming)}
-    if existing is not None:
+    if existing is not None and not key_change_ok:
         before, after = _cmk_of(rtype, existing.properties), _cmk_of(rtype, props)
-        if "dataencryption" not in incoming and "encryption" not in incoming:
+        if _cmk_field(rtype) not in incoming:
             after = before
         if _norm(before) != _norm(after):
             what = (
@@ -1206,23 +1395,34 @@ def _forget_secrets(rtype: str, props: JsonObj) -> JsonObj:
     return props
 
 
+def _generic_view(req: Request, res: ArmResource) -> JsonObj:
+    """The resource as the request's api-version shows it (PostgreSQL: no dataEncryption/identity
+    outside :data:`PG_CMK_API_VERSIONS`)."""
+    out = resource_json(res)
+    if res.type == POSTGRES_TYPE and (_query(req, "api-version") or "") not in PG_CMK_API_VERSIONS:
+        out["properties"].pop("dataEncryption", None)
+        out.pop("identity", None)
+    return out
+
+
 @ROUTER.route("PUT", _GENERIC)
 def put_generic(world: World, req: Request, m: _re.Match[str]) -> Response:
     rtype = _generic_type(m)
     rid = _rid(m["sub"], m["rg"], rtype, m["name"])
     existing = _find(world, rid, rtype)
     body = _body(req)
+    api = _query(req, "api-version") or ""
     location = _location(body, required=existing is None) or (existing.location if existing else "")
     identity = _identity(world, rid, body.get("identity"), existing.identity if existing else None)
     incoming = _props(body)
-    if rtype != UAI_TYPE and (existing is None or "dataencryption" in incoming or "encryption" in incoming):
-        _validate_generic_cmk(world, rtype, incoming, identity)
+    if rtype != UAI_TYPE:
+        _validate_generic_cmk(world, rtype, incoming, identity, api)
     props = _forget_secrets(rtype, _generic_props(world, rtype, rid, incoming, existing))
     if existing is not None:
         existing.properties, existing.identity = props, identity
         if "tags" in body:
             existing.tags = _tags(body["tags"])
-        return json_response(200, resource_json(existing))
+        return json_response(200, _generic_view(req, existing))
     res = ArmResource(
         id=rid,
         type=rtype,
@@ -1238,7 +1438,7 @@ def put_generic(world: World, req: Request, m: _re.Match[str]) -> Response:
     world.resources[rid.lower()] = res
     if rtype == UAI_TYPE:
         world.identities[rid.lower()] = {"principalId": props["principalId"], "clientId": props["clientId"]}
-    return json_response(201, resource_json(res))
+    return json_response(201, _generic_view(req, res))
 
 
 @ROUTER.route("PATCH", _GENERIC)
@@ -1249,22 +1449,27 @@ def patch_generic(world: World, req: Request, m: _re.Match[str]) -> Response:
     if res is None:
         raise _not_found(rtype, m["name"], m["rg"])
     body = _body(req)
+    api = _query(req, "api-version") or ""
     identity = _identity(world, rid, body.get("identity"), res.identity)
     incoming = _props(body)
-    props = _forget_secrets(rtype, _generic_props(world, rtype, rid, incoming, res))
+    if rtype != UAI_TYPE:
+        _validate_generic_cmk(world, rtype, incoming, identity, api)
+    # oep 2024-05-21: EnergyServiceUpdateProperties.encryption, so a PATCH may change the key.
+    key_change_ok = rtype == ENERGY_TYPE and _api_at_least(api, ENERGY_CMK_PATCH_FROM)
+    props = _forget_secrets(rtype, _generic_props(world, rtype, rid, incoming, res, key_change_ok=key_change_ok))
     res.properties, res.identity = props, identity
     if "tags" in body:
         res.tags = _tags(body["tags"])
-    return json_response(200, resource_json(res))
+    return json_response(200, _generic_view(req, res))
 
 
 @ROUTER.route("GET", _GENERIC)
-def get_generic(world: World, _req: Request, m: _re.Match[str]) -> Response:
+def get_generic(world: World, req: Request, m: _re.Match[str]) -> Response:
     rtype = _generic_type(m)
     res = _find(world, _rid(m["sub"], m["rg"], rtype, m["name"]), rtype)
     if res is None:
         raise _not_found(rtype, m["name"], m["rg"])
-    return json_response(200, resource_json(res))
+    return json_response(200, _generic_view(req, res))
 
 
 @ROUTER.route("DELETE", _GENERIC)
@@ -1278,13 +1483,13 @@ def delete_generic(world: World, _req: Request, m: _re.Match[str]) -> Response:
 @ROUTER.route("GET", _GENERIC_LIST_RG)
 def list_generic_rg(world: World, req: Request, m: _re.Match[str]) -> Response:
     rtype = _generic_type(m)
-    return _page(req, _resources_of(world, rtype, m["sub"], m["rg"]), resource_json)
+    return _page(req, _resources_of(world, rtype, m["sub"], m["rg"]), lambda r: _generic_view(req, r))
 
 
 @ROUTER.route("GET", _GENERIC_LIST_SUB)
 def list_generic_sub(world: World, req: Request, m: _re.Match[str]) -> Response:
     rtype = _generic_type(m)
-    return _page(req, _resources_of(world, rtype, m["sub"]), resource_json)
+    return _page(req, _resources_of(world, rtype, m["sub"]), lambda r: _generic_view(req, r))
 
 
 # ---- Resource Graph ---------------------------------------------------------------------------

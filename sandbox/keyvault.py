@@ -213,8 +213,9 @@ def _attributes(vault: Vault, kv: KeyVersion) -> JsonObj:
     attrs["created"] = kv.created
     attrs["updated"] = kv.updated
     attrs["recoveryLevel"] = _recovery_level(vault)
-    if _soft_delete(vault):
-        attrs["recoverableDays"] = _retention_days(vault)
+    # keys.json (data-plane stable 7.5) KeyAttributes.recoverableDays: "softDelete data retention
+    # days. Value should be >=7 and <=90 when softDelete enabled, otherwise 0."
+    attrs["recoverableDays"] = _retention_days(vault) if _soft_delete(vault) else 0
     attrs["exportable"] = False
     return attrs
 

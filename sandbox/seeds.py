@@ -59,9 +59,10 @@ API_KUSTO = "2025-02-14"
 API_COSMOS = "2026-03-15"
 API_KEYS = "2025-07-01"
 API_IDENTITY = "2023-01-31"
-# Cosmos DB for PostgreSQL: the API version of Microsoft's CMK deployment template.
-API_POSTGRES = "2020-10-05-privatepreview"
-API_ENERGY = "2022-12-01-preview"
+# Cosmos DB for PostgreSQL: the only api-version with dataEncryption (postgresqlhsc 2023-03-02-preview).
+API_POSTGRES = "2023-03-02-preview"
+# Data Manager for Energy: oep stable 2024-05-21 (encryption.keyVaultProperties).
+API_ENERGY = "2024-05-21"
 
 KUSTO_TYPE = "Microsoft.Kusto/clusters"
 COSMOS_TYPE = "Microsoft.DocumentDB/databaseAccounts"
@@ -726,24 +727,24 @@ def _resource_body(
         body["properties"] = {
             "createMode": "Default",
             "postgresqlVersion": "16",
-            "dataencryption": {
+            "dataEncryption": {
                 "primaryKeyUri": key_uri,
                 "primaryUserAssignedIdentityId": uai,
                 "type": "AzureKeyVault",
             },
         }
         return base, body, API_POSTGRES
-    # Energy: ARM's common customer-managed-key shape (the service's own schema is not public).
+    # Energy: oep 2024-05-21 EnergyServiceProperties.encryption.
     body["properties"] = {
         "dataPartitionNames": [{"name": "dp1"}],
         "encryption": {
-            "customerManagedKeyEncryption": {
-                "keyEncryptionKeyUrl": key_uri,
-                "keyEncryptionKeyIdentity": {
-                    "identityType": "UserAssignedIdentity",
-                    "userAssignedIdentityResourceId": uai,
-                },
-            }
+            "keySource": "Microsoft.Keyvault",
+            "keyVaultProperties": {
+                "keyName": res.key,
+                "keyVersion": version_id,
+                "keyVaultUri": f"{base_url}/",
+                "userIdentity": uai,
+            },
         },
     }
     return base, body, API_ENERGY

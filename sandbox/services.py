@@ -18,6 +18,8 @@ Outcomes of a use, per service:
 * Cosmos DB: ``customerManagedKeyStatus`` becomes a revoked message (see
   :data:`COSMOS_REVOKED_MESSAGES`); after access returns it goes back to
   :data:`COSMOS_CMK_CONFIRMED` only once ``service_settings.cosmos_recovery_s`` have passed.
+* Kusto databases with their own key: ``suspensionDetails {suspensionStartDate}`` appears while
+  the key cannot be used and goes when it can (kusto.json 2024-04-13 ``ReadWriteDatabaseProperties``).
 * PostgreSQL clusters and Energy services document no status field for key access, so the
   outcome lives in simulation state only.
 
@@ -54,6 +56,7 @@ if TYPE_CHECKING:
 JsonObj = dict[str, Any]
 
 KUSTO_CLUSTERS = "microsoft.kusto/clusters"
+KUSTO_DATABASES = "microsoft.kusto/clusters/databases"
 COSMOS_ACCOUNTS = "microsoft.documentdb/databaseaccounts"
 POSTGRES_CLUSTERS = "microsoft.dbforpostgresql/servergroupsv2"
 ENERGY_SERVICES = "microsoft.openenergyplatform/energyservices"
@@ -238,9 +241,21 @@ def binding_for(world: World, rtype: str, properties: JsonObj, identity: JsonObj
             return None
         principal = cosmos_principal(world, identity, properties.get("defaultIdentity"))
         return Binding(parsed[0], parsed[1], parsed[2], principal, _base_of(str(uri)))
+    if rtype == KUSTO_DATABASES:
+        # A database with its own key uses it through its cluster's identity (``identity`` here,
+        # see :func:`identity_of`).
+        kvp = properties.get("keyVaultProperties")
+        if not isinstance(kvp, dict) or not kvp.get("keyVaultUri") or not kvp.get("keyName"):
+            return None
+        base = str(kvp["keyVaultUri"]).rstrip("/")
+        vault, _ = vault_name_for_url(world, base)
+        user = kvp.get("userIdentity")
+        principal = uai_principal(world, identity, str(user)) if user else system_principal(identity)
+        return Binding(vault, str(kvp["keyName"]), kvp.get("keyVersion") or None, principal, base)
     if rtype == POSTGRES_CLUSTERS:
-        enc = properties.get("dataencryption")
-        if not isinstance(enc, dict) or str(enc.get("type", "")).lower() != "azurekeyvault":
+        # postgresqlhsc 2023-03-02-preview: dataEncryption.type AzureKeyVault | SystemAssigned.
+        enc = properties.get("dataEncryption")
+        if not isinstance(enc, dict) or enc.get("type") != "AzureKeyVault":
             return None
         uri = enc.get("primaryKeyUri")
         parsed = parse_key_uri(world, uri) if uri else None
@@ -250,20 +265,25 @@ def binding_for(world: World, rtype: str, properties: JsonObj, identity: JsonObj
         principal = uai_principal(world, identity, str(uai)) if uai else None
         return Binding(parsed[0], parsed[1], parsed[2], principal, _base_of(str(uri)))
     if rtype == ENERGY_SERVICES:
-        cmk = (properties.get("encryption") or {}).get("customerManagedKeyEncryption")
-        if not isinstance(cmk, dict) or not cmk.get("keyEncryptionKeyUrl"):
+        # oep 2024-05-21: encryption.keyVaultProperties {keyName, keyVersion, keyVaultUri, userIdentity}.
+        enc = properties.get("encryption")
+        kvp = enc.get("keyVaultProperties") if isinstance(enc, dict) else None
+        if not isinstance(kvp, dict) or not kvp.get("keyVaultUri") or not kvp.get("keyName"):
             return None
-        uri = str(cmk["keyEncryptionKeyUrl"])
-        parsed = parse_key_uri(world, uri)
-        if parsed is None:
-            return None
-        kid = cmk.get("keyEncryptionKeyIdentity") or {}
-        if str(kid.get("identityType", "")).lower() == "userassignedidentity":
-            principal = uai_principal(world, identity, str(kid.get("userAssignedIdentityResourceId") or ""))
-        else:
-            principal = system_principal(identity)
-        return Binding(parsed[0], parsed[1], parsed[2], principal, _base_of(uri))
+        base = str(kvp["keyVaultUri"]).rstrip("/")
+        vault, _ = vault_name_for_url(world, base)
+        user = kvp.get("userIdentity")
+        principal = uai_principal(world, identity, str(user)) if user else system_principal(identity)
+        return Binding(vault, str(kvp["keyName"]), kvp.get("keyVersion") or None, principal, base)
     return None
+
+
+def identity_of(world: World, res: ArmResource) -> JsonObj | None:
+    """The identity a resource uses its key as: its own, or for a Kusto database its cluster's."""
+    if res.type.lower() == KUSTO_DATABASES:
+        parent = world.resources.get(str(res.sim.get("cluster", "")).lower())
+        return parent.identity if parent is not None else None
+    return res.identity
 
 
 def _base_of(key_uri: str) -> str:
@@ -344,7 +364,7 @@ def _validate_key_change(
     if not creating and not any(k in op.patch for k in _KEY_FIELDS) and not op.patch.get("_identityChanged"):
         return None
     props = {**res.properties, **{k: v for k, v in op.patch.items() if not k.startswith("_")}}
-    binding = binding_for(world, res.type, props, res.identity)
+    binding = binding_for(world, res.type, props, identity_of(world, res))
     if binding is None:
         return None
     result = check_binding(world, binding, now)
@@ -376,7 +396,7 @@ def _apply_success(world: World, res: ArmResource, op: Operation, now: int) -> N
     key_changed = any(k in op.patch for k in ("keyVaultProperties", "keyVaultKeyUri"))
     res.properties.update({k: v for k, v in op.patch.items() if not k.startswith("_")})
     res.properties["provisioningState"] = "Succeeded"
-    binding = binding_for(world, res.type, res.properties, res.identity)
+    binding = binding_for(world, res.type, res.properties, identity_of(world, res))
     if key_changed or "versionInUse" not in res.sim:
         res.sim.pop("versionInUse", None)
         if binding is not None:
@@ -388,6 +408,8 @@ def _apply_success(world: World, res: ArmResource, op: Operation, now: int) -> N
         res.sim.pop("suspended", None)
         res.properties["state"] = "Running"
         res.properties["stateReason"] = None
+    elif rtype == KUSTO_DATABASES:
+        res.properties.pop("suspensionDetails", None)
     elif rtype == COSMOS_ACCOUNTS:
         if binding is None:
             for name in ("keyVaultKeyUriVersion", "customerManagedKeyStatus"):
@@ -407,15 +429,18 @@ def _set_cosmos_version(res: ArmResource, binding: Binding) -> None:
         res.properties["keyVaultKeyUriVersion"] = f"{binding.vault_base}/keys/{binding.key}/{version}"
 
 
+_KEY_USERS = frozenset({KUSTO_CLUSTERS, KUSTO_DATABASES, COSMOS_ACCOUNTS, POSTGRES_CLUSTERS, ENERGY_SERVICES})
+
+
 def sweep(world: World, now: datetime) -> None:
     """One round of key use by every resource with a CMK (skipping those mid-operation)."""
     ts = int(now.timestamp())
     for res in world.resources.values():
-        if res.type.lower() not in (KUSTO_CLUSTERS, COSMOS_ACCOUNTS, POSTGRES_CLUSTERS, ENERGY_SERVICES):
+        if res.type.lower() not in _KEY_USERS:
             continue
         if res.sim.get("pendingOperation"):
             continue
-        binding = binding_for(world, res.type, res.properties, res.identity)
+        binding = binding_for(world, res.type, res.properties, identity_of(world, res))
         if binding is None:
             continue
         use_key(world, res, binding, ts)
@@ -444,6 +469,15 @@ def use_key(world: World, res: ArmResource, binding: Binding, now: int) -> Acces
                 f"The cluster is suspended: it cannot access its customer-managed key "
                 f"'{binding.key}' in {binding.vault_base} ({result.code}: {result.reason})"
             )
+    elif rtype == KUSTO_DATABASES:
+        # kusto.json 2024-04-13: ReadWriteDatabaseProperties.suspensionDetails {suspensionStartDate}
+        # is present while the database is suspended (a database loses its own key -> suspended).
+        if result.ok:
+            res.properties.pop("suspensionDetails", None)
+        elif not res.properties.get("suspensionDetails"):
+            res.properties["suspensionDetails"] = {
+                "suspensionStartDate": isoformat(datetime.fromtimestamp(now, tz=world.clock.now().tzinfo))
+            }
     elif rtype == COSMOS_ACCOUNTS:
         if result.ok:
             _set_cosmos_version(res, binding)

@@ -8,9 +8,12 @@ Event Grid checks:
 - an ``api-version`` query parameter (400 ``MissingApiVersionParameter`` without one);
 - credentials: ``Authorization: Bearer``, ``aeg-sas-key`` or ``aeg-sas-token`` (401 without);
 - at most 1 MB per request (413 ``RequestEntityTooLarge``, nothing accepted);
-- a JSON array of objects each carrying ``id``, ``subject``, ``eventType`` and ``eventTime``
-  (400 ``BadRequest`` naming the first bad event, nothing accepted); a CloudEvents batch is
-  refused, since the topic's input schema is the Event Grid schema.
+- a JSON array of objects each carrying ``id``, ``subject``, ``eventType``, ``eventTime``,
+  ``data`` and ``dataVersion`` (400 ``BadRequest`` naming the first bad event, nothing
+  accepted): the ``EventGridEvent`` schema's required properties in
+  ``specification/eventgrid/data-plane/Microsoft.EventGrid/stable/2018-01-01/EventGrid.json``
+  (``data`` may be any JSON value, null included, but must be present); a CloudEvents batch
+  is refused, since the topic's input schema is the Event Grid schema.
 
 Accepted events are stamped with the topic's resource id (``topic``) and ``metadataVersion``
 and go through :meth:`sandbox.eventgrid.EventGridBus.publish`: listed by ``GET /sandbox/events``
@@ -31,7 +34,9 @@ if TYPE_CHECKING:
 TOPIC_SUFFIX = ".eventgrid.azure.net"
 PUBLISH_PATH = "/api/events"
 MAX_REQUEST_BYTES = 1_048_576  # Event Grid: 1 MB per publish request (and per event)
-REQUIRED_FIELDS = ("id", "subject", "eventType", "eventTime")
+# EventGrid.json (data-plane stable 2018-01-01) EventGridEvent.required.
+REQUIRED_FIELDS = ("id", "subject", "eventType", "eventTime", "dataVersion")
+REQUIRED_PRESENT = ("data",)  # any JSON value, but present
 TOPIC_RESOURCE_GROUP = "sandbox-topics"
 
 
@@ -48,6 +53,9 @@ def _bad_event(index: int, event: Any) -> str | None:
         value = event.get(name)
         if not isinstance(value, str) or not value.strip():
             return f"Event {index}: required property '{name}' is missing or empty."
+    for name in REQUIRED_PRESENT:
+        if name not in event:
+            return f"Event {index}: required property '{name}' is missing."
     return None
 
 

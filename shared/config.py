@@ -21,20 +21,6 @@ from shared.model import ServiceType
 # within 24 hours of a rotation. A setting may raise this, never lower it.
 MIN_RETENTION_HOURS = 24
 
-# Key sizes each service accepts by default. Data Explorer's docs: "Only RSA keys of size 2048
-# are supported". Cosmos DB, PostgreSQL and Energy accept 2048/3072/4096 (3072+ recommended).
-DEFAULT_KEY_SIZES: dict[ServiceType, frozenset[int]] = {
-    ServiceType.KUSTO: frozenset({2048}),
-    ServiceType.COSMOS: frozenset({2048, 3072, 4096}),
-    ServiceType.POSTGRES: frozenset({2048, 3072, 4096}),
-    ServiceType.ENERGY: frozenset({2048, 3072, 4096}),
-}
-RECOMMENDED_MIN_KEY_SIZE: dict[ServiceType, int] = {
-    ServiceType.COSMOS: 3072,
-    ServiceType.ENERGY: 3072,
-}
-
-
 @dataclass(frozen=True)
 class SandboxConnection:
     """The sandbox's connection file (written by ``python -m sandbox serve``)."""
@@ -100,8 +86,9 @@ class Settings:
     """KEYSTEWARD_ROTATE_ON_EXPIRED (true): a managed key whose version expired is rotated."""
     hold_tag: str = "keysteward-hold"
     """KEYSTEWARD_HOLD_TAG (keysteward-hold): resource tag that holds a binding back."""
-    key_sizes: dict[ServiceType, frozenset[int]] = field(default_factory=lambda: dict(DEFAULT_KEY_SIZES))
-    """KEYSTEWARD_KEY_SIZES: accepted RSA sizes per service, e.g. ``kusto=2048;cosmos=3072,4096``."""
+    key_sizes: dict[ServiceType, frozenset[int]] = field(default_factory=dict)
+    """KEYSTEWARD_KEY_SIZES: accepted RSA sizes per service, e.g. ``kusto=2048;cosmos=3072,4096``; a service
+    not named accepts what its target declares (``shared.targets``)."""
     inventory: str = "arm"
     """KEYSTEWARD_INVENTORY (arm): ``arm`` (list calls) or ``resourcegraph`` (one query, large estates)."""
     work_queue: str = "keysteward-work"
@@ -126,9 +113,6 @@ class Settings:
     @property
     def sandbox_connection(self) -> SandboxConnection | None:
         return SandboxConnection.load(self.sandbox) if self.sandbox else None
-
-    def accepts_size(self, service: ServiceType, size: int | None) -> bool:
-        return size is not None and size in self.key_sizes.get(service, frozenset())
 
     @property
     def has_storage(self) -> bool:
@@ -208,7 +192,7 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
 
 
 def _key_sizes(raw: str | None) -> dict[ServiceType, frozenset[int]]:
-    sizes = dict(DEFAULT_KEY_SIZES)
+    sizes: dict[ServiceType, frozenset[int]] = {}
     for part in (raw or "").split(";"):
         if not part.strip():
             continue

@@ -10,17 +10,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
-from azure.mgmt.cosmosdb.models import DatabaseAccountGetResults
-from azure.mgmt.kusto.models import Cluster
 from azure.mgmt.resourcegraph.models import QueryRequest, QueryRequestOptions, ResultFormat
 
 from shared.clients import ClientFactory
 from shared.model import Binding, KeyRef, ServiceType
-from shared.targets import Target
-from shared.targets import cosmos as cosmos_target
-from shared.targets import kusto as kusto_target
+from shared.targets import Target, graph_types
 from shared.targets.base import sdk
-from shared.targets.readonly import ReadOnlyArmTarget
 
 
 class Inventory(Protocol):
@@ -43,17 +38,16 @@ class ArmInventory:
         return out
 
 
-_GRAPH_TYPES = {
-    "microsoft.kusto/clusters": ServiceType.KUSTO,
-    "microsoft.documentdb/databaseaccounts": ServiceType.COSMOS,
-    "microsoft.dbforpostgresql/servergroupsv2": ServiceType.POSTGRES,
-    "microsoft.openenergyplatform/energyservices": ServiceType.ENERGY,
-}
-GRAPH_QUERY = (
-    "Resources | where type in~ ('microsoft.kusto/clusters', 'microsoft.documentdb/databaseaccounts', "
-    "'microsoft.dbforpostgresql/servergroupsv2', 'microsoft.openenergyplatform/energyservices') "
-    "| project id, name, type, location, subscriptionId, resourceGroup, tags, identity, properties"
-)
+def graph_query(types: Iterable[str]) -> str:
+    """The one Resource Graph query for every registered ARM type."""
+    quoted = ", ".join(f"'{t.lower()}'" for t in types)
+    return (
+        f"Resources | where type in~ ({quoted}) "
+        "| project id, name, type, kind, location, subscriptionId, resourceGroup, tags, identity, properties"
+    )
+
+
+GRAPH_QUERY = graph_query(graph_types())
 # Resource Graph pages hold at most 1,000 rows.
 GRAPH_PAGE = 1000
 
@@ -64,13 +58,15 @@ class ResourceGraphInventory:
     def __init__(self, clients: ClientFactory, targets: dict[ServiceType, Target]) -> None:
         self._clients = clients
         self._targets = targets
+        self._by_type = {t: target for target in targets.values() for t in target.arm_types}
+        self._query = graph_query(self._by_type)
 
     def _rows(self, subscriptions: Sequence[str]) -> Iterable[dict[str, Any]]:
         skip: str | None = None
         while True:
             request = QueryRequest(
                 subscriptions=list(subscriptions),
-                query=GRAPH_QUERY,
+                query=self._query,
                 options=QueryRequestOptions(skip_token=skip, top=GRAPH_PAGE, result_format=ResultFormat.OBJECT_ARRAY),
             )
             with sdk("query Resource Graph"):
@@ -82,20 +78,13 @@ class ResourceGraphInventory:
                 return
 
     def bindings(self, subscriptions: Sequence[str]) -> list[Binding]:
+        rows = list(self._rows(subscriptions))
+        by_id = {str(row.get("id", "")).lower(): row for row in rows}
         out: list[Binding] = []
-        for row in self._rows(subscriptions):
-            service = _GRAPH_TYPES.get(str(row.get("type", "")).lower())
-            binding: Binding | None = None
-            if service is ServiceType.KUSTO:
-                binding = kusto_target._binding(Cluster(row))
-            elif service is ServiceType.COSMOS:
-                binding = cosmos_target._binding(DatabaseAccountGetResults(row))
-            elif service is not None:
-                target = self._targets[service]
-                if isinstance(target, ReadOnlyArmTarget):
-                    binding = target._binding(row)
-            if binding is not None:
-                out.append(binding)
+        for row in rows:
+            target = self._by_type.get(str(row.get("type", "")).lower())
+            if target is not None:
+                out.extend(target.bindings_from_row(row, by_id))
         return out
 
 

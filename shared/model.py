@@ -50,6 +50,7 @@ class ServiceType(StrEnum):
     COSMOS = "cosmos"
     POSTGRES = "postgres"  # Cosmos DB for PostgreSQL: CMK fixed at creation
     ENERGY = "energy"  # Azure Data Manager for Energy: CMK fixed at creation
+    KUSTO_DATABASE = "kusto-database"  # a Data Explorer database with its own key
 
 
 @dataclass(frozen=True)
@@ -96,10 +97,13 @@ class Binding:
     user_identity: str | None = None
     provisioning_state: str | None = None
     state: str | None = None  # Kusto cluster state
-    health: str | None = None  # Cosmos customerManagedKeyStatus / Kusto stateReason
+    health: str | None = None  # Cosmos customerManagedKeyStatus / Kusto stateReason / database suspension
     # The service reports its key access revoked and accepts no key change until it returns
     # (Cosmos DB: only an identity change or deletion).
     access_revoked: bool = False
+    # Kusto keyVaultProperties.federatedIdentityClientId (cross-tenant CMK): carried unchanged
+    # into every update, which changes only the version.
+    federated_client_id: str | None = None
     tags: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
 
     @property

@@ -14,17 +14,21 @@ from typing import TYPE_CHECKING, Any
 
 from shared.errors import KeystewardError
 from shared.inventory import by_key
-from shared.model import Binding, KeyVersion, ServiceType
+from shared.model import Binding, KeyVersion
 from shared.reconcile import ACCEPTED_KEY_TYPES
 from shared.rotation import managed_max_age
+from shared.targets import (
+    accepted_key_sizes,
+    recommended_key_size,
+    vault_permissions,
+    vault_retention_days,
+    vault_same_region,
+)
 from shared.vaults import VaultInfo, find_vaults
 
 if TYPE_CHECKING:
     from shared.app import Keysteward
 
-CMK_PERMISSIONS = ("get", "wrapKey", "unwrapKey")
-ENERGY_PERMISSIONS = ("get", "list", "wrapKey", "unwrapKey")
-POSTGRES_VAULT_RETENTION_DAYS = 90
 
 
 @dataclass(frozen=True)
@@ -48,11 +52,13 @@ def _vault_findings(vault_url: str, info: VaultInfo | None, bindings: list[Bindi
                 "purge protection on" if info.purge_protection else "purge protection is off (required by every "
                 "CMK service)"),
     ]
-    if any(b.service is ServiceType.POSTGRES for b in bindings):
-        good = info.retention_days >= POSTGRES_VAULT_RETENTION_DAYS
+    needs = {b.service: days for b in bindings if (days := vault_retention_days(b.service)) is not None}
+    if needs:
+        service, days = max(needs.items(), key=lambda item: item[1])
+        good = info.retention_days >= days
         out.append(Finding("ok" if good else "violation", vault_url, "deleted-vault-retention",
                            f"soft-delete retention {info.retention_days} days"
-                           + ("" if good else " (Cosmos DB for PostgreSQL needs 90)")))
+                           + ("" if good else f" ({service.value} needs {days})")))
     return out
 
 
@@ -78,24 +84,24 @@ def _key_findings(
         if current.key_type is not None and current.key_type not in ACCEPTED_KEY_TYPES:
             out.append(Finding("violation", rid, "key-type", f"key type {current.key_type} is not RSA"))
         if current.key_size is not None:
-            if not settings.accepts_size(b.service, current.key_size):
-                sizes = ", ".join(str(s) for s in sorted(settings.key_sizes.get(b.service, frozenset())))
+            accepted = accepted_key_sizes(b.service, settings.key_sizes)
+            if current.key_size not in accepted:
+                sizes = ", ".join(str(s) for s in sorted(accepted))
                 out.append(Finding("violation", rid, "key-size",
                                    f"RSA {current.key_size} is not accepted by {b.service.value} (accepts {sizes})"))
             else:
-                from shared.config import RECOMMENDED_MIN_KEY_SIZE  # noqa: PLC0415
-
-                want = RECOMMENDED_MIN_KEY_SIZE.get(b.service)
+                want = recommended_key_size(b.service)
                 if want and current.key_size < want:
                     out.append(Finding("warning", rid, "key-size",
                                        f"RSA {current.key_size}: {b.service.value} recommends {want} or more"))
         if info is not None:
-            if b.service is ServiceType.KUSTO and b.location and info.location and (
+            if vault_same_region(b.service) and b.location and info.location and (
                 b.location.lower().replace(" ", "") != info.location
             ):
                 out.append(Finding("violation", rid, "region",
-                                   f"cluster in {b.location}, vault in {info.location}: ADX needs the same region"))
-            needed = ENERGY_PERMISSIONS if b.service is ServiceType.ENERGY else CMK_PERMISSIONS
+                                   f"{b.service.value} resource in {b.location}, vault in {info.location}: "
+                                   "its docs need the same region"))
+            needed = vault_permissions(b.service)
             if info.rbac:
                 out.append(Finding("warning", rid, "access", "RBAC: not verifiable (vault uses Azure RBAC)"))
             elif b.principal_id is None:

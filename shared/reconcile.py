@@ -28,7 +28,7 @@ from shared.inventory import Inventory, for_key
 from shared.keyvault import KeyStore
 from shared.model import Binding, KeyRef, KeyVersion, ServiceType
 from shared.notify import Notifier, Outcome
-from shared.targets import Target, UpdateStart
+from shared.targets import Target, UpdateStart, accepted_key_sizes
 
 # Kusto and Cosmos report these while an operation is under way: never write on top of one.
 IN_PROGRESS_STATES = frozenset({"updating", "creating", "running", "moving", "deleting", "inprogress"})
@@ -94,8 +94,9 @@ def version_problem(version: KeyVersion, service: ServiceType, *, settings: Sett
         return f"version {version.version} expires {version.expires_on.isoformat()}, within the safety margin"
     if version.key_type is not None and version.key_type not in ACCEPTED_KEY_TYPES:
         return f"key type {version.key_type} is not RSA"
-    if version.key_size is not None and not settings.accepts_size(service, version.key_size):
-        sizes = ", ".join(str(s) for s in sorted(settings.key_sizes.get(service, frozenset())))
+    accepted = accepted_key_sizes(service, settings.key_sizes)
+    if version.key_size is not None and version.key_size not in accepted:
+        sizes = ", ".join(str(s) for s in sorted(accepted))
         return f"RSA {version.key_size} is not accepted by {service.value} (accepts {sizes})"
     return None
 

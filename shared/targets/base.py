@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
+from shared.armid import name_of, parent_name_of, resource_group_of, subscription_of
 from shared.errors import azure_errors
 from shared.model import Binding, KeyRef, ServiceType
 
-_RG = re.compile(r"/resourcegroups/([^/]+)/", re.IGNORECASE)
+JsonObj = dict[str, Any]
+
+# The permissions a service's identity needs on the vault (access-policy names). Most CMK
+# services document get/wrapKey/unwrapKey; a target declares more when its docs say so.
+CMK_PERMISSIONS: tuple[str, ...] = ("get", "wrapKey", "unwrapKey")
+# RSA sizes most CMK services accept (Cosmos DB, Cosmos DB for PostgreSQL, Energy docs).
+RSA_SIZES: frozenset[int] = frozenset({2048, 3072, 4096})
+
 _KEY_URI = re.compile(r"^(https://[^/]+)/keys/([^/]+)(?:/([0-9a-fA-F]{32}))?/?$")
 
 
@@ -35,10 +43,35 @@ class Health:
 
 
 class Target(Protocol):
-    """A service that encrypts with a customer-managed key."""
+    """A service that encrypts with a customer-managed key, registered in :mod:`shared.targets`.
+
+    Besides its operations, each target declares (as class attributes) the facts the core
+    needs about it, so that adding a service is adding one module:
+
+    - ``arm_types``: the ARM resource types it reads, lower-case as Resource Graph reports them;
+    - ``reports_key_status``: whether the service reports its own key access (health);
+    - ``key_sizes`` / ``recommended_key_size``: accepted RSA sizes and the docs' recommendation;
+    - ``vault_permissions``: what its identity needs on the vault (access-policy names);
+    - ``vault_same_region``: whether its docs require the vault in the resource's region;
+    - ``vault_retention_days``: the soft-delete retention its docs require of the vault, if any.
+    """
 
     service: ServiceType
     updatable: bool
+    arm_types: ClassVar[tuple[str, ...]]
+    reports_key_status: ClassVar[bool]
+    key_sizes: ClassVar[frozenset[int]]
+    recommended_key_size: ClassVar[int | None]
+    vault_permissions: ClassVar[tuple[str, ...]]
+    vault_same_region: ClassVar[bool]
+    vault_retention_days: ClassVar[int | None]
+
+    def bindings_from_row(self, row: JsonObj, rows: Mapping[str, JsonObj]) -> list[Binding]:
+        """The bindings a Resource Graph row (ARM JSON: id, name, type, kind, location, tags, identity,
+        properties) of one of ``arm_types`` describes; empty when it uses no customer-managed key.
+        ``rows`` holds every row of the query by lower-cased id, for a child resource whose key is
+        used through its parent's identity."""
+        ...
 
     def list_bindings(self, subscription: str) -> list[Binding]:
         """Every resource of this service in ``subscription`` that uses a Key Vault key."""
@@ -88,20 +121,8 @@ def operation_recorder() -> tuple[dict[str, str], Callable[[Any], None]]:
     return seen, hook
 
 
-
-
 # The adapters' name for the shared translator of SDK errors.
 sdk = azure_errors
-
-
-def resource_group_of(resource_id: str) -> str:
-    m = _RG.search(resource_id + "/")
-    return m.group(1) if m else ""
-
-
-def subscription_of(resource_id: str) -> str:
-    parts = resource_id.split("/")
-    return parts[2].lower() if len(parts) > 2 and parts[1].lower() == "subscriptions" else ""
 
 
 def parse_key_uri_loose(uri: str | None) -> tuple[KeyRef, str | None] | None:
@@ -117,3 +138,10 @@ def parse_key_uri_loose(uri: str | None) -> tuple[KeyRef, str | None] | None:
     vault = m.group(1).lower().removesuffix(":443")
     version = m.group(3).lower() if m.group(3) else None
     return KeyRef(vault, m.group(2)), version
+
+
+__all__ = [
+    "CMK_PERMISSIONS", "RSA_SIZES", "Health", "JsonObj", "Target", "UpdateStart", "enum_text", "expected_seconds",
+    "name_of", "operation_recorder", "parent_name_of", "parse_key_uri_loose", "resource_group_of", "sdk",
+    "subscription_of",
+]

@@ -5,7 +5,8 @@ never written (Cosmos follows the new version itself) but tracked for lag.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 from azure.mgmt.cosmosdb.models import (
     DatabaseAccountGetResults,
@@ -17,7 +18,10 @@ from shared.clients import ClientFactory
 from shared.errors import NotFoundError
 from shared.model import Binding, ServiceType
 from shared.targets.base import (
+    CMK_PERMISSIONS,
+    RSA_SIZES,
     Health,
+    JsonObj,
     UpdateStart,
     enum_text,
     expected_seconds,
@@ -77,6 +81,14 @@ def _binding(account: DatabaseAccountGetResults) -> Binding | None:
 class CosmosTarget:
     service = ServiceType.COSMOS
     updatable = True
+    # Registry declarations (see shared.targets.base.Target).
+    arm_types: ClassVar[tuple[str, ...]] = ("microsoft.documentdb/databaseaccounts",)
+    reports_key_status: ClassVar[bool] = True  # customerManagedKeyStatus
+    key_sizes: ClassVar[frozenset[int]] = RSA_SIZES
+    recommended_key_size: ClassVar[int | None] = 3072
+    vault_permissions: ClassVar[tuple[str, ...]] = CMK_PERMISSIONS
+    vault_same_region: ClassVar[bool] = False
+    vault_retention_days: ClassVar[int | None] = None
 
     def __init__(self, clients: ClientFactory) -> None:
         self._clients = clients
@@ -85,6 +97,10 @@ class CosmosTarget:
         with sdk(f"list Cosmos DB accounts in {subscription}"):
             accounts = list(self._clients.cosmos(subscription).database_accounts.list())
         return [b for a in accounts if (b := _binding(a)) is not None]
+
+    def bindings_from_row(self, row: JsonObj, rows: Mapping[str, JsonObj]) -> list[Binding]:  # noqa: ARG002
+        b = _binding(DatabaseAccountGetResults(row))
+        return [b] if b is not None else []
 
     def get_binding(self, resource_id: str) -> Binding | None:
         sub, rg, name = subscription_of(resource_id), resource_group_of(resource_id), resource_id.rsplit("/", 1)[-1]

@@ -1,14 +1,26 @@
-"""Services whose customer-managed key is fixed at creation: Cosmos DB for PostgreSQL clusters
-and Azure Data Manager for Energy instances. keysteward never writes to them; it reads them
-through a generic ARM list so the versions they use are protected and reported.
+"""Services whose customer-managed key keysteward reads but never writes, through a generic ARM
+pipeline (their management SDKs are not in the stack): the shared base of :mod:`shared.targets.postgres`
+and :mod:`shared.targets.energy`. A subclass declares its ARM type, the api-version it reads at (cited
+from the REST spec) and where its key sits in ``properties``.
+
+Errors go through :func:`shared.errors.azure_errors`: an HTTP error answer is raised as the azure-core
+error a generated client would raise (404 not found, 409 conflict, 401 authentication) and translated
+there, so transient and permanent mean the same here as for every other adapter.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator, Mapping
+from typing import Any, ClassVar
 
+from azure.core.exceptions import (
+    ClientAuthenticationError,
+    HttpResponseError,
+    ResourceExistsError,
+    ResourceNotFoundError,
+    map_error,
+)
 from azure.core.pipeline.policies import (
     HeadersPolicy,
     RequestIdPolicy,
@@ -17,57 +29,54 @@ from azure.core.pipeline.policies import (
 )
 from azure.core.rest import HttpRequest
 from azure.mgmt.core import ARMPipelineClient
+from azure.mgmt.core.exceptions import ARMErrorFormat
 from azure.mgmt.core.policies import ARMChallengeAuthenticationPolicy
 
 from shared.clients import ClientFactory
 from shared.errors import NotFoundError, PermanentError
 from shared.model import Binding, ServiceType
-from shared.targets.base import Health, UpdateStart, parse_key_uri_loose, resource_group_of, sdk, subscription_of
+from shared.targets.base import (
+    CMK_PERMISSIONS,
+    RSA_SIZES,
+    Health,
+    JsonObj,
+    UpdateStart,
+    parse_key_uri_loose,
+    resource_group_of,
+    sdk,
+    subscription_of,
+)
 
-JsonObj = dict[str, Any]
-
-
-def _postgres_key(props: JsonObj) -> tuple[str | None, str | None]:
-    enc = props.get("dataEncryption") or props.get("dataencryption") or {}
-    return enc.get("primaryKeyUri"), enc.get("primaryUserAssignedIdentityId")
-
-
-def _energy_key(props: JsonObj) -> tuple[str | None, str | None]:
-    enc = (props.get("encryption") or {}).get("customerManagedKeyEncryption") or {}
-    ident = enc.get("keyEncryptionKeyIdentity") or {}
-    return enc.get("keyEncryptionKeyUrl"), ident.get("userAssignedIdentityResourceId")
+# What a generated management client maps (azure-mgmt-* ``error_map``).
+_ERROR_MAP: dict[int, type[HttpResponseError]] = {
+    401: ClientAuthenticationError,
+    404: ResourceNotFoundError,
+    409: ResourceExistsError,
+}
 
 
 class ReadOnlyArmTarget:
-    """A CMK consumer read through ``GET /subscriptions/{sub}/providers/{type}``."""
+    """A CMK consumer read through ``GET /subscriptions/{sub}/providers/{type}`` at ``api_version``."""
 
+    service: ServiceType
     updatable = False
+    arm_type: ClassVar[str]  # as ARM spells it in paths
+    api_version: ClassVar[str]
+    arm_types: ClassVar[tuple[str, ...]]
+    reports_key_status: ClassVar[bool] = False  # neither service documents a key-status field
+    key_sizes: ClassVar[frozenset[int]] = RSA_SIZES
+    recommended_key_size: ClassVar[int | None] = None
+    vault_permissions: ClassVar[tuple[str, ...]] = CMK_PERMISSIONS
+    vault_same_region: ClassVar[bool] = False
+    vault_retention_days: ClassVar[int | None] = None
 
-    def __init__(
-        self,
-        clients: ClientFactory,
-        *,
-        service: ServiceType,
-        resource_type: str,
-        api_version: str,
-        key_of: Callable[[JsonObj], tuple[str | None, str | None]],
-    ) -> None:
-        self.service = service
+    def __init__(self, clients: ClientFactory) -> None:
         self._clients = clients
-        self._type = resource_type
-        self._api = api_version
-        self._key_of = key_of
         self._client: ARMPipelineClient[Any, Any] | None = None
 
-    @classmethod
-    def postgres(cls, clients: ClientFactory) -> ReadOnlyArmTarget:
-        return cls(clients, service=ServiceType.POSTGRES, resource_type="Microsoft.DBforPostgreSQL/serverGroupsv2",
-                   api_version="2022-11-08", key_of=_postgres_key)
-
-    @classmethod
-    def energy(cls, clients: ClientFactory) -> ReadOnlyArmTarget:
-        return cls(clients, service=ServiceType.ENERGY, resource_type="Microsoft.OpenEnergyPlatform/energyServices",
-                   api_version="2022-12-01-preview", key_of=_energy_key)
+    def key_of(self, properties: JsonObj) -> tuple[str | None, str | None]:
+        """(key URI, user-assigned identity resource id) from the resource's ``properties``."""
+        raise NotImplementedError
 
     def _pipeline(self) -> ARMPipelineClient[Any, Any]:
         if self._client is None:
@@ -85,29 +94,26 @@ class ReadOnlyArmTarget:
 
     def _get(self, url: str) -> JsonObj:
         request = HttpRequest("GET", url, headers={"Accept": "application/json"})
-        with sdk(f"read {self._type}"):
+        with sdk(f"read {self.arm_type}"):
             response = self._pipeline().send_request(request)
-        if response.status_code == 404:
-            raise NotFoundError(f"{url}: not found", status=404)
-        if response.status_code >= 400:
-            from shared.errors import TransientError  # noqa: PLC0415
-
-            if response.status_code in (408, 429) or response.status_code >= 500:
-                raise TransientError(f"read {self._type}: HTTP {response.status_code}")
-            raise PermanentError(f"read {self._type}: HTTP {response.status_code}", status=response.status_code)
+            if response.status_code >= 400:
+                map_error(status_code=response.status_code, response=response, error_map=_ERROR_MAP)
+                raise HttpResponseError(response=response, error_format=ARMErrorFormat)
         body = json.loads(response.text() or "{}")
         return body if isinstance(body, dict) else {}
 
     def _pages(self, subscription: str) -> Iterator[JsonObj]:
         base = self._clients.arm_pipeline_kwargs()["base_url"].rstrip("/")
-        url: str | None = f"{base}/subscriptions/{subscription}/providers/{self._type}?api-version={self._api}"
+        url: str | None = (
+            f"{base}/subscriptions/{subscription}/providers/{self.arm_type}?api-version={self.api_version}"
+        )
         while url:
             page = self._get(url)
             yield from page.get("value") or []
             url = page.get("nextLink")
 
     def _binding(self, res: JsonObj) -> Binding | None:
-        uri, uid = self._key_of(res.get("properties") or {})
+        uri, uid = self.key_of(res.get("properties") or {})
         parsed = parse_key_uri_loose(uri)
         if parsed is None:
             return None
@@ -137,10 +143,14 @@ class ReadOnlyArmTarget:
     def list_bindings(self, subscription: str) -> list[Binding]:
         return [b for r in self._pages(subscription) if (b := self._binding(r)) is not None]
 
+    def bindings_from_row(self, row: JsonObj, rows: Mapping[str, JsonObj]) -> list[Binding]:  # noqa: ARG002
+        b = self._binding(row)
+        return [b] if b is not None else []
+
     def get_binding(self, resource_id: str) -> Binding | None:
         base = self._clients.arm_pipeline_kwargs()["base_url"].rstrip("/")
         try:
-            res = self._get(f"{base}{resource_id}?api-version={self._api}")
+            res = self._get(f"{base}{resource_id}?api-version={self.api_version}")
         except NotFoundError:
             return None
         return self._binding(res)
@@ -154,4 +164,4 @@ class ReadOnlyArmTarget:
         return Health.UNKNOWN
 
 
-__all__ = ["ReadOnlyArmTarget", "resource_group_of", "subscription_of"]
+__all__ = ["ReadOnlyArmTarget"]

@@ -50,9 +50,9 @@ def make_postgres(world: World, estate: Estate, name: str, version: str) -> str:
     arm_put(world, path, {
         "location": LOCATION,
         "identity": {"type": "UserAssigned", "userAssignedIdentities": {uai: {}}},
-        "properties": {"dataencryption": {"type": "AzureKeyVault", "primaryKeyUri": f"{estate.key_uri}/{version}",
+        "properties": {"dataEncryption": {"type": "AzureKeyVault", "primaryKeyUri": f"{estate.key_uri}/{version}",
                                           "primaryUserAssignedIdentityId": uai}},
-    }, "2020-10-05-privatepreview")
+    }, "2023-03-02-preview")  # postgresqlhsc: the only api-version with dataEncryption
     return path
 
 

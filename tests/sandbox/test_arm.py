@@ -11,6 +11,7 @@ import pytest
 from azure.core import MatchConditions
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from azure.core.polling import LROPoller
+from azure.core.rest import HttpResponse
 from azure.mgmt.cosmosdb import models as cm
 from azure.mgmt.keyvault import models as kvm
 from azure.mgmt.kusto import models as km
@@ -311,7 +312,8 @@ def test_cluster_patch_is_an_lro_on_sandbox_time(arm_world: World) -> None:
     assert during.state == "Updating"
     assert during.key_vault_properties is None
     status = raw(arm_world, "GET", async_url.split("management.azure.com", 1)[1].split("?")[0])
-    assert status.json()["status"] == "InProgress"
+    # kusto.json 2024-04-13 OperationResult.status (Status enum): Succeeded | Canceled | Failed | Running.
+    assert status.json()["status"] == "Running"
     assert status.json()["properties"]["operationKind"] == "ServiceConfigurationAlter"
     arm_world.clock.advance(timedelta(seconds=121))
     done = raw(arm_world, "GET", async_url.split("management.azure.com", 1)[1].split("?")[0]).json()
@@ -511,6 +513,76 @@ def test_cosmos_update_to_an_unusable_key_fails_and_keeps_the_old_one(arm_world:
     assert account.identity.principal_id == principal_id_for(account.id)
 
 
+# ---- Kusto databases (kusto.json 2024-04-13: Databases_*; ReadWriteDatabaseProperties) ---------------------
+def test_database_with_its_own_key_put_get_list_patch_through_the_sdk(arm_world: World) -> None:
+    _cluster, v1 = _cmk_cluster(arm_world, "kustodb")
+    client = kusto_client(arm_world)
+    created = client.databases.begin_create_or_update(
+        RG, "kustodb", "sales",
+        km.ReadWriteDatabase(kind="ReadWrite", location=LOCATION, properties=km.ReadWriteDatabaseProperties(
+            key_vault_properties=kvp(arm_world, "kvkustodb", "cmk", v1))),
+    ).result()
+    assert isinstance(created, km.ReadWriteDatabase)
+    # Example KustoDatabasesCreateOrUpdate.json: name "cluster/database", type .../Clusters/Databases.
+    assert (created.name, created.type, created.kind) == ("kustodb/sales", "Microsoft.Kusto/Clusters/Databases",
+                                                          "ReadWrite")
+    got = client.databases.get(RG, "kustodb", "sales")
+    assert got.properties.key_vault_properties.key_version == v1
+    assert got.properties.provisioning_state == "Succeeded"
+    assert got.properties.suspension_details is None
+    assert [d.name for d in client.databases.list_by_cluster(RG, "kustodb")] == ["kustodb/sales"]
+    v2 = add_key_version(arm_world, "kvkustodb", "cmk")
+    arm_world.lro.duration_s = 60
+    poller = client.databases.begin_update(
+        RG, "kustodb", "sales", km.ReadWriteDatabase(kind="ReadWrite", properties=km.ReadWriteDatabaseProperties(
+            key_vault_properties=kvp(arm_world, "kvkustodb", "cmk", v2))), polling=False)
+    initial = poller.polling_method()._initial_response.http_response  # type: ignore[attr-defined]
+    assert initial.status_code == 202
+    status = raw(arm_world, "GET", initial.headers["Azure-AsyncOperation"].split("management.azure.com", 1)[1]
+                 .split("?")[0]).json()
+    assert status["status"] == "Running"
+    arm_world.clock.advance(timedelta(seconds=61))
+    assert client.databases.get(RG, "kustodb", "sales").properties.key_vault_properties.key_version == v2
+    rows = graph_client(arm_world).resources(QueryRequest(
+        subscriptions=[SUB], query="Resources | where type =~ 'microsoft.kusto/clusters/databases'")).data
+    assert [(r["name"], r["kind"]) for r in rows] == [("kustodb/sales", "ReadWrite")]
+
+
+def test_database_suspended_while_its_key_is_unusable(arm_world: World) -> None:
+    _cluster, v1 = _cmk_cluster(arm_world, "kustosusp")
+    client = kusto_client(arm_world)
+    client.databases.begin_create_or_update(
+        RG, "kustosusp", "sales",
+        km.ReadWriteDatabase(kind="ReadWrite", location=LOCATION, properties=km.ReadWriteDatabaseProperties(
+            key_vault_properties=kvp(arm_world, "kvkustosusp", "cmk", v1))),
+    ).result()
+    set_enabled(arm_world, "kvkustosusp", "cmk", v1, False)
+    arm_world.clock.advance(timedelta(seconds=arm_world.service_settings.usage_interval_s + 1))
+    details = client.databases.get(RG, "kustosusp", "sales").properties.suspension_details
+    assert details is not None and details.suspension_start_date is not None
+    set_enabled(arm_world, "kvkustosusp", "cmk", v1, True)
+    arm_world.clock.advance(timedelta(seconds=arm_world.service_settings.usage_interval_s + 1))
+    assert client.databases.get(RG, "kustosusp", "sales").properties.suspension_details is None
+
+
+def test_database_requests_that_azure_refuses(arm_world: World) -> None:
+    make_cluster(arm_world, "kustorefuse")
+    client = kusto_client(arm_world)
+    with pytest.raises(HttpResponseError) as info:
+        client.databases.get(RG, "nosuchcluster", "sales")
+    assert info.value.status_code == 404 and error_code(info.value) == "ParentResourceNotFound"
+    follower = raw(arm_world, "PUT", f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Kusto/clusters/"
+                   "kustorefuse/databases/f", body={"kind": "ReadOnlyFollowing", "location": LOCATION})
+    assert follower.status_code == 400
+    no_kind = raw(arm_world, "PUT", f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Kusto/clusters/"
+                  "kustorefuse/databases/nokind", body={"location": LOCATION, "properties": {}})
+    assert no_kind.status_code == 400  # kind is Database's required discriminator
+    client.databases.begin_create_or_update(RG, "kustorefuse", "plain", km.ReadWriteDatabase(
+        kind="ReadWrite", location=LOCATION, properties=km.ReadWriteDatabaseProperties())).result()
+    client.clusters.begin_delete(RG, "kustorefuse").result()
+    assert not [r for r in arm_world.resources.values() if "kustorefuse" in r.id.lower()]
+
+
 # ---- generic resources --------------------------------------------------------------------------
 def _pg_path(name: str) -> str:
     return f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.DBforPostgreSQL/serverGroupsv2/{name}"
@@ -527,6 +599,9 @@ def test_user_assigned_identity_is_recorded(arm_world: World) -> None:
     listed = raw(arm_world, "GET", f"/subscriptions/{SUB}/providers/Microsoft.ManagedIdentity/userAssignedIdentities")
     assert [r["name"] for r in listed.json()["value"]] == ["id-one"]
     assert raw(arm_world, "GET", uai_id("id-one")).json()["properties"] == body["properties"]
+
+
+PG_API = "2023-03-02-preview"  # postgresqlhsc: the only api-version with dataEncryption
 
 
 def test_postgres_cmk_cannot_change_after_creation(arm_world: World) -> None:
@@ -547,40 +622,75 @@ def test_postgres_cmk_cannot_change_after_creation(arm_world: World) -> None:
         arm_world,
         "PUT",
         _pg_path("pgone"),
-        body={"location": LOCATION, "identity": identity, "properties": {"dataencryption": enc(v1)}},
+        body={"location": LOCATION, "identity": identity, "properties": {"dataEncryption": enc(v1)}},
+        api_version=PG_API,
     )
     assert created.status_code == 201, created.text()
-    assert created.json()["properties"]["dataencryption"]["primaryKeyUri"].endswith(v1)
-    changed = raw(arm_world, "PATCH", _pg_path("pgone"), body={"properties": {"dataencryption": enc(v2)}})
+    assert created.json()["properties"]["dataEncryption"]["primaryKeyUri"].endswith(v1)
+    changed = raw(arm_world, "PATCH", _pg_path("pgone"), body={"properties": {"dataEncryption": enc(v2)}},
+                  api_version=PG_API)
     assert changed.status_code == 400
     assert changed.json()["error"]["code"] == "CustomerManagedKeyUpdateNotSupported"
-    tagged = raw(arm_world, "PATCH", _pg_path("pgone"), body={"tags": {"k": "v"}})
+    tagged = raw(arm_world, "PATCH", _pg_path("pgone"), body={"tags": {"k": "v"}}, api_version=PG_API)
     assert tagged.status_code == 200
-    assert raw(arm_world, "GET", _pg_path("pgone")).json()["properties"]["dataencryption"]["primaryKeyUri"].endswith(v1)
+    got = raw(arm_world, "GET", _pg_path("pgone"), api_version=PG_API).json()
+    assert got["properties"]["dataEncryption"]["primaryKeyUri"].endswith(v1)
     no_uai = raw(
         arm_world,
         "PUT",
         _pg_path("pgtwo"),
-        body={"location": LOCATION, "properties": {"dataencryption": enc(v1)}},
+        body={"location": LOCATION, "properties": {"dataEncryption": enc(v1)}},
+        api_version=PG_API,
     )
     assert no_uai.status_code == 400
+
+
+def test_postgres_accepts_only_the_spec_casing_enum_and_api_version(arm_world: World) -> None:
+    put_uai(arm_world, "id-pg2")
+    create_vault(arm_world, "kvpg2")
+    v1 = add_key_version(arm_world, "kvpg2", "cmk")
+    identity = {"type": "UserAssigned", "userAssignedIdentities": {uai_id("id-pg2"): {}}}
+    enc = {
+        "type": "AzureKeyVault",
+        "primaryKeyUri": f"{vault_url(arm_world, 'kvpg2')}/keys/cmk/{v1}",
+        "primaryUserAssignedIdentityId": uai_id("id-pg2"),
+    }
+
+    def put(name: str, props: dict[str, object], api: str = PG_API) -> HttpResponse:
+        return raw(arm_world, "PUT", _pg_path(name), body={"location": LOCATION, "identity": identity,
+                                                            "properties": props}, api_version=api)
+
+    lower = put("pglower", {"dataencryption": enc})
+    assert lower.status_code == 400 and "dataEncryption" in lower.json()["error"]["message"]
+    assert put("pgsysman", {"dataEncryption": {"type": "SystemManaged"}}).status_code == 400
+    assert put("pgsys", {"dataEncryption": {"type": "SystemAssigned"}}).status_code == 201
+    assert put("pgold", {"dataEncryption": enc}, api="2022-11-08").status_code == 400
+    assert put("pgcmk", {"dataEncryption": enc}).status_code == 201
+    # Stable 2022-11-08 has neither dataEncryption nor identity: a read at that version shows no key.
+    old = raw(arm_world, "GET", _pg_path("pgcmk"), api_version="2022-11-08").json()
+    assert "dataEncryption" not in old["properties"] and "identity" not in old
+    new = raw(arm_world, "GET", _pg_path("pgcmk"), api_version=PG_API).json()
+    assert new["properties"]["dataEncryption"] == enc and new["identity"]["type"] == "UserAssigned"
+
+
+ENERGY_API = "2024-05-21"  # oep stable: encryption.keyVaultProperties, also in the PATCH model
 
 
 def test_energy_service_cmk_cannot_change_after_creation(arm_world: World) -> None:
     put_uai(arm_world, "id-oep")
     create_vault(arm_world, "kvoep")
     add_key_version(arm_world, "kvoep", "cmk")
+    add_key_version(arm_world, "kvoep", "other")
     identity = {"type": "UserAssigned", "userAssignedIdentities": {uai_id("id-oep"): {}}}
 
     def enc(key: str) -> dict[str, object]:
         return {
-            "customerManagedKeyEncryption": {
-                "keyEncryptionKeyUrl": f"{vault_url(arm_world, 'kvoep')}/keys/{key}",
-                "keyEncryptionKeyIdentity": {
-                    "identityType": "userAssignedIdentity",
-                    "userAssignedIdentityResourceId": uai_id("id-oep"),
-                },
-            }
+            "keySource": "Microsoft.Keyvault",
+            "keyVaultProperties": {
+                "keyName": key,
+                "keyVaultUri": f"{vault_url(arm_world, 'kvoep')}/",
+                "userIdentity": uai_id("id-oep"),
+            },
         }
 
     created = raw(
@@ -588,22 +698,37 @@ def test_energy_service_cmk_cannot_change_after_creation(arm_world: World) -> No
         "PUT",
         _energy_path("oepone"),
         body={"location": LOCATION, "identity": identity, "properties": {"encryption": enc("cmk")}},
+        api_version=ENERGY_API,
     )
     assert created.status_code == 201, created.text()
+    assert created.json()["properties"]["encryption"]["keyVaultProperties"]["keyName"] == "cmk"
+    # The product document: CMK settings cannot be edited after creation (PUT, and PATCH before 2024-05-21).
     again = raw(
         arm_world,
         "PUT",
         _energy_path("oepone"),
         body={"location": LOCATION, "identity": identity, "properties": {"encryption": enc("other")}},
+        api_version=ENERGY_API,
     )
     assert again.status_code == 400
-    same = raw(
+    old_patch = raw(arm_world, "PATCH", _energy_path("oepone"), body={"properties": {"encryption": enc("other")}},
+                    api_version="2023-11-12")
+    assert old_patch.status_code == 400
+    # oep 2024-05-21 EnergyServiceUpdateProperties.encryption: a PATCH at that version may change it.
+    patched = raw(arm_world, "PATCH", _energy_path("oepone"), body={"properties": {"encryption": enc("other")}},
+                  api_version=ENERGY_API)
+    assert patched.status_code == 200, patched.text()
+    assert patched.json()["properties"]["encryption"]["keyVaultProperties"]["keyName"] == "other"
+    # The shape the sandbox once invented is refused: keyVaultProperties is required.
+    invented = raw(
         arm_world,
         "PUT",
-        _energy_path("oepone"),
-        body={"location": LOCATION, "identity": identity, "properties": {"encryption": enc("cmk")}},
+        _energy_path("oeptwo"),
+        body={"location": LOCATION, "identity": identity, "properties": {"encryption": {
+            "customerManagedKeyEncryption": {"keyEncryptionKeyUrl": f"{vault_url(arm_world, 'kvoep')}/keys/cmk"}}}},
+        api_version=ENERGY_API,
     )
-    assert same.status_code == 200
+    assert invented.status_code == 400
 
 
 def test_unknown_resource_type_is_not_found(arm_world: World) -> None:

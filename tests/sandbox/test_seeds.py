@@ -201,14 +201,15 @@ def test_demo_postgres_and_energy(seeds_demo: tuple[World, seeds.SeedResult]) ->
     session = sandbox_session(world)
     pg = session.get(f"{ARM}{result.resources['pg-contoso-analytics']}", params={"api-version": "2023-03-02-preview"})
     assert pg.status_code == 200
-    enc = pg.json()["properties"]["dataencryption"]
+    enc = pg.json()["properties"]["dataEncryption"]
     assert enc["primaryKeyUri"] == result.key_ids["kv-contoso-prod-neu/cmk-pg/v1"]
     assert enc["primaryUserAssignedIdentityId"] == result.identities["uai-pg-prod"]["id"]
     energy = session.get(
         f"{ARM}{result.resources['energy-contoso-subsurface']}", params={"api-version": seeds.API_ENERGY}
     ).json()
-    cmk = energy["properties"]["encryption"]["customerManagedKeyEncryption"]
-    assert cmk["keyEncryptionKeyUrl"] == result.key_ids["kv-contoso-prod-neu/cmk-energy/v1"]
+    kvp = energy["properties"]["encryption"]["keyVaultProperties"]
+    key_id = result.key_ids["kv-contoso-prod-neu/cmk-energy/v1"]
+    assert f"{kvp['keyVaultUri'].rstrip('/')}/keys/{kvp['keyName']}/{kvp['keyVersion']}" == key_id
 
 
 def test_seeding_restores_throttle_and_lro_settings() -> None:

@@ -206,13 +206,14 @@ def test_postgres_cluster_uses_its_key_in_sim_state(arm_world: World) -> None:
             "location": LOCATION,
             "identity": {"type": "UserAssigned", "userAssignedIdentities": {uai_id("id-pguse"): {}}},
             "properties": {
-                "dataencryption": {
+                "dataEncryption": {
                     "type": "AzureKeyVault",
                     "primaryKeyUri": f"{vault_url(arm_world, 'kvpguse')}/keys/cmk/{v1}",
                     "primaryUserAssignedIdentityId": uai_id("id-pguse"),
                 }
             },
         },
+        api_version="2023-03-02-preview",
     )
     assert resp.status_code == 201
     arm_world.clock.advance(interval(arm_world))
