@@ -1316,8 +1316,14 @@ def _validate_generic_cmk(world: World, rtype: str, props: JsonObj, identity: Js
         if kind == "SystemAssigned":
             return
         uri, uai = enc.get("primaryKeyUri"), enc.get("primaryUserAssignedIdentityId")
-        if not isinstance(uri, str) or services.parse_key_uri(world, uri) is None:
+        parsed = services.parse_key_uri(world, uri) if isinstance(uri, str) else None
+        if parsed is None:
             raise _bad("dataEncryption.primaryKeyUri must be a Key Vault key URI.")
+        # Guess (no spec text): the service validates the key when the cluster is created and
+        # refuses a key it cannot find; the code and wording are the sandbox's own.
+        vault = world.vaults.get((parsed[0] or "").lower())
+        if vault is None or parsed[1].lower() not in vault.keys:
+            raise _bad(f"dataEncryption.primaryKeyUri: the key '{uri}' was not found.", "KeyNotFound")
         if not isinstance(uai, str) or services.uai_principal(world, identity, uai) is None:
             raise _bad(
                 "dataEncryption.primaryUserAssignedIdentityId must name a user-assigned identity assigned to the "

@@ -44,7 +44,6 @@ def _create_body(estate: Estate) -> dict[str, Any]:
     }
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13 point 1: the sandbox expects an invented encryption shape")
 def test_energy_service_with_cmk_is_accepted_and_answered_in_the_spec_shape(estate: Estate) -> None:
     body = _create_body(estate)
     path = f"/subscriptions/{estate.sub}/resourceGroups/{RG}/providers/Microsoft.OpenEnergyPlatform/energyServices/{NAME}"

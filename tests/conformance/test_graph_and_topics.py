@@ -68,7 +68,6 @@ def test_publishing_an_event_in_the_spec_shape_is_accepted(in_process_estate: Es
     assert _publish(in_process_estate, events) == 200
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13 point 7: Event Grid requires data and dataVersion; the sandbox does not")
 @pytest.mark.parametrize("missing", ["data", "dataVersion"])
 def test_publishing_an_event_without_a_required_property_is_refused(in_process_estate: Estate, missing: str) -> None:
     events = [_event(**{missing: None})]

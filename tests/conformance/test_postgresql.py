@@ -48,7 +48,6 @@ def test_cluster_create_with_cmk_is_accepted_and_answered_in_the_spec_shape(esta
     assert [c["name"] for c in listed.body["value"]] == [path.rsplit("/", 1)[-1]]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13 point 2: the sandbox reads only a lowercase 'dataencryption'")
 def test_cluster_create_with_a_key_that_does_not_exist_is_refused(estate: Estate) -> None:
     body, path = _setup(estate)
     body["properties"]["dataEncryption"]["primaryKeyUri"] = "https://test-kv.vault.azure.net/keys/no-such-key/0123"
@@ -57,7 +56,6 @@ def test_cluster_create_with_a_key_that_does_not_exist_is_refused(estate: Estate
     assert_conforms("common-types-v4", "ErrorResponse", got.body)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13 point 2: the sandbox accepts a 'SystemManaged' type the spec does not have")
 def test_data_encryption_type_outside_the_spec_enum_is_refused(estate: Estate) -> None:
     body, path = _setup(estate)
     body["properties"]["dataEncryption"] = {"type": "SystemManaged"}
