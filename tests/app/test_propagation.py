@@ -136,8 +136,9 @@ def test_unacceptable_new_version_is_not_applied_and_is_reported(world, estate, 
 
 def test_too_small_key_for_a_service_is_not_applied(world):
     estate = make_estate(world, clusters_per_sub=1, accounts_per_sub=1, versionless=0)
-    app, queue, notifier = steward(world, estate, KEYSTEWARD_KEY_SIZES="cosmos=3072,4096")
+    app, queue, notifier = steward(world, estate, KEYSTEWARD_KEY_SIZES="kusto=3072,4096")
     root.install(app)
+    seq = world.last_seq
     try:
         estate.keys.rotate_key(estate.key_name)
         reconcile_schedule(TimerRequest(past_due=False))
@@ -145,7 +146,9 @@ def test_too_small_key_for_a_service_is_not_applied(world):
     finally:
         root.install(None)
     rejected = {o.subject.rsplit("/", 1)[-1]: o.data["reason"] for o in notifier.outcomes if o.kind == "BindingRejected"}
-    assert set(rejected) == {name for _, name in estate.accounts}
-    assert all("RSA 2048 is not accepted by cosmos" in r for r in rejected.values())
-    # the Kusto clusters (2048 accepted) moved
-    assert all(v != estate.v1 for n, v in estate.pinned_versions().items() if n.startswith("adx"))
+    assert set(rejected) == {name for _, name in estate.clusters}
+    assert all("RSA 2048 is not accepted by kusto" in r for r in rejected.values())
+    assert set(estate.pinned_versions().values()) == {estate.v1}
+    # Cosmos DB accounts are never written: they follow the key themselves.
+    assert not [w for w in estate.writes(seq) if "Microsoft.DocumentDB" in w.path]
+
