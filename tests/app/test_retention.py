@@ -9,6 +9,7 @@ import pytest
 from azure.core.pipeline.policies import BearerTokenCredentialPolicy
 from azure.core.rest import HttpRequest
 from azure.mgmt.core import ARMPipelineClient
+from azure.mgmt.cosmosdb import models as cm
 
 import functions._root as root
 from functions.schedules import reconcile_schedule
@@ -24,6 +25,7 @@ from shared.retention import (
     maintenance_pass,
     restore_point_note,
 )
+from shared.targets.cosmos import backup_retention
 from tests.app.estate import LOCATION, RG, Estate, cosmos, grant, make_estate, make_vault, steward
 from tests.app.test_propagation import TimerRequest, run_queue
 
@@ -353,3 +355,26 @@ def test_revoke_note_says_restore_points_stay_unusable(world):
     assert notes == ["cosmos-orders: continuous 30-day restore points taken with this key cannot be restored while it "
                      "is revoked; they become usable again only after a restore of the key, and only while they are "
                      "still retained"]
+
+
+@pytest.mark.parametrize(("policy", "hours", "words"), [
+    (cm.PeriodicModeBackupPolicy(periodic_mode_properties=cm.PeriodicModeProperties(
+        backup_retention_interval_in_hours=720)), 720, "periodic backups kept 720 h"),
+    (cm.ContinuousModeBackupPolicy(continuous_mode_properties=cm.ContinuousModeProperties(tier="Continuous7Days")),
+     7 * 24, "continuous 7-day restore points"),
+    # A continuous policy that does not say its tier: the longer one, conservatively.
+    (cm.ContinuousModeBackupPolicy(), 30 * 24, "tier not reported, 30-day assumed"),
+    # Mid-migration from periodic to continuous both kinds of restore points exist: the longer window.
+    (cm.PeriodicModeBackupPolicy(
+        periodic_mode_properties=cm.PeriodicModeProperties(backup_retention_interval_in_hours=8),
+        migration_state=cm.BackupPolicyMigrationState(status="InProgress", target_type="Continuous")),
+     30 * 24, "migrating to continuous"),
+    (None, None, "the account reports no backupPolicy"),
+    (cm.PeriodicModeBackupPolicy(), None, "without a usable backupRetentionIntervalInHours"),
+    (cm.ContinuousModeBackupPolicy(continuous_mode_properties=cm.ContinuousModeProperties(tier="Continuous90Days")),
+     None, "tier 'Continuous90Days' is not known"),
+])
+def test_backup_policy_is_read_as_the_spec_defines_it(policy, hours, words):
+    result = backup_retention(policy)
+    assert (int(result.window.total_seconds() // 3600) if result.window else None) == hours
+    assert words in (result.description if result.readable else str(result.reason))
