@@ -71,9 +71,9 @@ COSMOS_FIRST_PARTY_PRINCIPAL = "a232010e-820c-4083-83bb-3ace5fc29d0b"
 KUSTO_SUSPENDED_STATE = "Stopped"
 
 # customerManagedKeyStatus texts: the values of the ``CustomerManagedKeyStatus`` enum published in
-# azure-rest-api-specs specification/cosmos-db/resource-manager/Microsoft.DocumentDB/DocumentDB/
-# stable/2023-09-15/cosmos-db.json (mirrored verbatim in hashicorp/pandora's CosmosDB v2023_09_15
-# CustomerManagedKeyStatusConstant); 2026-03-15 types the property as a plain string. Which cause
+# azure-rest-api-specs specification/cosmos-db/resource-manager/Microsoft.DocumentDB/stable/
+# 2023-09-15/cosmos-db.json (read through its verbatim mirror, hashicorp/pandora's CosmosDB
+# v2023_09_15 CustomerManagedKeyStatusConstant); 2026-03-15 types the property as a plain string. Which cause
 # Azure reports with which text is the troubleshooting guide's mapping (cmk-troubleshooting-guide:
 # "the key is disabled or expired" falls under 4002); a not-yet-valid key is mapped to 4002 too,
 # and a deleted key or version to 4003: guesses by analogy.

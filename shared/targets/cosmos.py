@@ -37,8 +37,9 @@ from shared.targets.base import (
 
 # customerManagedKeyStatus. The 2026-03-15 spec types it as a plain string ("In case there are
 # errors, the property provides troubleshooting guidance"); the texts themselves were published
-# as the ``CustomerManagedKeyStatus`` enum of the 2023-09-15 spec (stable/2023-09-15/cosmos-db.json,
-# mirrored in hashicorp/pandora's CosmosDB v2023_09_15 CustomerManagedKeyStatusConstant): one
+# as the ``CustomerManagedKeyStatus`` enum of the 2023-09-15 spec (specification/cosmos-db/
+# resource-manager/Microsoft.DocumentDB/stable/2023-09-15/cosmos-db.json, read here through its
+# verbatim mirror, hashicorp/pandora's CosmosDB v2023_09_15 CustomerManagedKeyStatusConstant): one
 # "confirmed" text and revoked texts that all begin with the same sentence and end with a
 # "(4xxx)." code. Health matches only on that documented structure; anything else is UNKNOWN.
 CONFIRMED = "access to the configured customer managed key confirmed"
