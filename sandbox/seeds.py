@@ -28,7 +28,9 @@ Document shape (see ``sandbox/seeds/demo.json``)::
            "version": <label> | null, "tags"}]}
 
 ``identity`` is an identity's name from ``identities`` or ``"system"``; ``version`` null means
-versionless (Kusto: empty ``keyVersion``; Cosmos: a versionless ``keyVaultKeyUri``).
+versionless (Kusto: empty ``keyVersion``; Cosmos: a versionless ``keyVaultKeyUri``, the only
+form Azure takes, so Cosmos accounts must have ``version`` null). A Cosmos account may carry
+``backup_policy``: its ``properties.backupPolicy`` as ARM takes it (default: periodic, 8 h).
 PostgreSQL and Energy need a user-assigned identity and a pinned version.
 """
 
@@ -171,6 +173,7 @@ class ResourceSpec:
     version: str | None  # a version label; None = versionless
     tags: dict[str, str]
     sku: JsonObj | None
+    backup_policy: JsonObj | None = None  # Cosmos DB: properties.backupPolicy as ARM takes it
 
 
 @dataclass
@@ -446,7 +449,8 @@ def _compile_resource(
     raw = _obj(
         raw,
         p,
-        {"name", "subscription", "resource_group", "location", "identity", "key", "version", "tags", "sku"},
+        {"name", "subscription", "resource_group", "location", "identity", "key", "version", "tags", "sku",
+         "backup_policy"},
     )
     name = _str(raw, "name", p)
     sub, rg, location = _placement(raw, p, subscriptions)
@@ -467,6 +471,12 @@ def _compile_resource(
         raise SeedError(f"{p}.version", f"unknown version label {version!r} of {key_ref}")
     if version is None and rtype in (POSTGRES_TYPE, ENERGY_TYPE):
         raise SeedError(f"{p}.version", "this service needs a pinned version")
+    if version is not None and rtype == COSMOS_TYPE:
+        # Azure refuses a versioned keyVaultKeyUri on Cosmos DB accounts (see sandbox/arm.py).
+        raise SeedError(f"{p}.version", "Cosmos DB accounts take a versionless key URI: use null")
+    backup = raw.get("backup_policy")
+    if backup is not None and (rtype != COSMOS_TYPE or not isinstance(backup, dict)):
+        raise SeedError(f"{p}.backup_policy", "must be an object (Cosmos DB accounts only)")
     sku = raw.get("sku")
     if sku is not None and not isinstance(sku, dict):
         raise SeedError(f"{p}.sku", "must be an object")
@@ -482,6 +492,7 @@ def _compile_resource(
         version=version,
         tags=_tags(raw, p),
         sku=sku,
+        backup_policy=backup,
     )
 
 
@@ -721,6 +732,8 @@ def _resource_body(
             "keyVaultKeyUri": key_uri,
             "defaultIdentity": f"UserAssignedIdentity={uai}" if uai else "SystemAssignedIdentity",
         }
+        if res.backup_policy is not None:
+            body["properties"]["backupPolicy"] = res.backup_policy
         return base, body, API_COSMOS
     if res.type == POSTGRES_TYPE:
         body["kind"] = "CosmosDBForPostgreSQL"
@@ -762,8 +775,9 @@ def generate_fleet(
 ) -> JsonObj:
     """A seed with ``n_clusters`` Kusto clusters and ``n_accounts`` Cosmos accounts spread
     round-robin over ``n_subscriptions`` subscriptions, all on one key (``kv-fleet/cmk-fleet``)
-    through one user-assigned identity. The first ``pinned_fraction`` of clusters and accounts
-    pin the oldest version; the rest are versionless."""
+    through one user-assigned identity. The first ``pinned_fraction`` of clusters pin the
+    oldest version; the rest are versionless. Cosmos accounts are always versionless (Azure
+    takes no versioned key URI on them)."""
     if n_subscriptions < 1:
         raise ValueError("n_subscriptions must be at least 1")
     if versions < 1:
@@ -793,7 +807,6 @@ def generate_fleet(
         ],
     }
     pinned_clusters = int(n_clusters * pinned_fraction)
-    pinned_accounts = int(n_accounts * pinned_fraction)
     doc["kusto_clusters"] = [
         {
             "name": f"adxfleet{i:05d}",
@@ -814,7 +827,7 @@ def generate_fleet(
             "location": location,
             "identity": "uai-fleet",
             "key": "kv-fleet/cmk-fleet",
-            "version": "v1" if i < pinned_accounts else None,
+            "version": None,
         }
         for i in range(n_accounts)
     ]

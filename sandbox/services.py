@@ -15,8 +15,8 @@ Outcomes of a use, per service:
 
 * Kusto: on lost access the cluster's ``state`` becomes :data:`KUSTO_SUSPENDED_STATE` with a
   ``stateReason`` naming the cause; it returns to ``Running`` at the first successful use.
-* Cosmos DB: ``customerManagedKeyStatus`` becomes a revoked message (see
-  :data:`COSMOS_REVOKED_MESSAGES`); after access returns it goes back to
+* Cosmos DB: ``customerManagedKeyStatus`` becomes the documented revoked text for the cause
+  (see :data:`COSMOS_REVOKED_MESSAGES`); after access returns it goes back to
   :data:`COSMOS_CMK_CONFIRMED` only once ``service_settings.cosmos_recovery_s`` have passed.
 * Kusto databases with their own key: ``suspensionDetails {suspensionStartDate}`` appears while
   the key cannot be used and goes when it can (kusto.json 2024-04-13 ``ReadWriteDatabaseProperties``).
@@ -73,35 +73,53 @@ COSMOS_FIRST_PARTY_PRINCIPAL = "a232010e-820c-4083-83bb-3ace5fc29d0b"
 # fault. ``stateReason`` says that the key is the cause.
 KUSTO_SUSPENDED_STATE = "Stopped"
 
+# customerManagedKeyStatus texts: the values of the ``CustomerManagedKeyStatus`` enum published in
+# azure-rest-api-specs specification/cosmos-db/resource-manager/Microsoft.DocumentDB/stable/
+# 2023-09-15/cosmos-db.json (read through its verbatim mirror, hashicorp/pandora's CosmosDB
+# v2023_09_15 CustomerManagedKeyStatusConstant); 2026-03-15 types the property as a plain string. Which cause
+# Azure reports with which text is the troubleshooting guide's mapping (cmk-troubleshooting-guide:
+# "the key is disabled or expired" falls under 4002); a not-yet-valid key is mapped to 4002 too,
+# and a deleted key or version to 4003: guesses by analogy.
 COSMOS_CMK_CONFIRMED = "Access to the configured customer managed key confirmed."
 
-_COSMOS_TROUBLESHOOTING = "for more details, please refer to https://aka.ms/cosmosdb-cmk-troubleshooting"
+_COSMOS_GUIDE = "https://learn.microsoft.com/en-us/azure/cosmos-db/cmk-troubleshooting-guide"
+_COSMOS_REVOKED = "Access to your account is currently revoked"
+_COSMOS_MORE = "for more details about this error and how to restore access to your account please visit"
 
-# key_access cause -> (code, revoked message) for Cosmos customerManagedKeyStatus. The wording
-# and the 4xxx codes follow the categories of Cosmos DB's CMK troubleshooting guide (default
-# identity unauthorized, key not found, vault not found, invalid default identity); the exact
-# numbers are the sandbox's choice and are not verified against the service.
+
+def _cosmos_text(because: str, anchor: str, code: int) -> tuple[int, str]:
+    return code, f"{_COSMOS_REVOKED} because {because}; {_COSMOS_MORE} {_COSMOS_GUIDE}{anchor} ({code})."
+
+
+_UNAUTHORIZED = _cosmos_text(
+    "the current default identity no longer has permission to the associated Key Vault key",
+    "#default-identity-is-unauthorized-to-access-the-azure-key-vault-key", 4002)
+_KEY_NOT_FOUND = _cosmos_text(
+    "the correspondent key is not found on the specified Key Vault", "#azure-key-vault-resource-not-found", 4003)
+
+# key_access cause -> (code, documented customerManagedKeyStatus text)
 COSMOS_REVOKED_MESSAGES: dict[str, tuple[int, str]] = {
-    "AccessDenied": (
-        4002,
-        "the Azure Cosmos DB account's assigned default identity is unauthorized to perform an "
-        "operation on the Azure Key Vault key",
-    ),
-    "KeyDisabled": (4002, "the Azure Key Vault key is disabled or its version in use is disabled"),
-    "KeyExpired": (4002, "the Azure Key Vault key is expired"),
-    "KeyNotYetValid": (4002, "the Azure Key Vault key is not yet valid"),
-    "KeyNotFound": (4003, "the Azure Key Vault key is not found"),
-    "KeyDeleted": (4003, "the Azure Key Vault key is not found (it is deleted)"),
-    "VersionNotFound": (4003, "the Azure Key Vault key version is not found"),
-    "VaultNotFound": (4017, "the Azure Key Vault resource is not found"),
-    "NoIdentity": (4015, "the Azure Cosmos DB account's default identity is invalid or not assigned"),
+    "AccessDenied": _UNAUTHORIZED,
+    "KeyDisabled": _UNAUTHORIZED,
+    "KeyExpired": _UNAUTHORIZED,
+    "KeyNotYetValid": _UNAUTHORIZED,
+    "KeyNotFound": _KEY_NOT_FOUND,
+    "KeyDeleted": _KEY_NOT_FOUND,
+    "VersionNotFound": _KEY_NOT_FOUND,
+    "VaultNotFound": _cosmos_text(
+        "the correspondent Azure Key Vault was not found", "#azure-key-vault-resource-not-found", 4017),
+    "NoIdentity": _cosmos_text(
+        "the Azure Cosmos DB account has an undefined default identity",
+        "#invalid-azure-cosmos-db-default-identity", 4015),
 }
+# The enum's one text without a cause or code, for any other refusal.
+COSMOS_REVOKED_GENERIC = f"{_COSMOS_REVOKED}; {_COSMOS_MORE} {_COSMOS_GUIDE}"
 
 
 def cosmos_revoked_status(result: AccessResult) -> str:
     """The ``customerManagedKeyStatus`` text for a refused key use."""
-    code, text = COSMOS_REVOKED_MESSAGES.get(result.code, (4000, "the customer managed key cannot be used"))
-    return f"Access to your account is currently revoked because {text}; {_COSMOS_TROUBLESHOOTING} ({code})"
+    known = COSMOS_REVOKED_MESSAGES.get(result.code)
+    return known[1] if known is not None else COSMOS_REVOKED_GENERIC
 
 
 # ---- per-world simulation bookkeeping ----------------------------------------------------------

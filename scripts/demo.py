@@ -1,9 +1,10 @@
 """``make demo``: the local stack driven through the whole story, printed as a timeline.
 
-rotate -> pinned services follow -> early disable refused -> 25 h later the sweep retires the
-old version -> revoke (dry run, then real) -> services confirmed dark -> restore -> services
-healthy. Only public interfaces: SDK calls to the sandbox, HTTP to the host, the CLI.
-Exits 0 when every step held, 1 otherwise.
+rotate -> a pinned cluster is moved by keysteward, the (versionless) Cosmos DB accounts follow
+by themselves -> early disable refused -> 25 h later the sweep keeps the old version for the
+continuous-backup account's restore points -> 31 days later it retires it -> revoke (dry run,
+then real) -> services confirmed dark -> restore -> services healthy. Only public interfaces:
+SDK calls to the sandbox, HTTP to the host, the CLI. Exits 0 when every step held, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import requests
 from azure.core.credentials import AccessToken
 from azure.keyvault.keys import KeyClient
 from azure.mgmt.cosmosdb import CosmosDBManagementClient
+from azure.mgmt.kusto import KustoManagementClient
 
 from scripts.stack import Stack, principal_header
 
@@ -61,6 +63,9 @@ class Demo:
         self.cosmos = CosmosDBManagementClient(
             _Token(), SUB_PROD, base_url=conn["arm_url"], credential_scopes=conn["credential_scopes"],
             connection_verify=conn["ca_bundle"])
+        self.kusto = KustoManagementClient(
+            _Token(), SUB_PROD, base_url=conn["arm_url"], credential_scopes=conn["credential_scopes"],
+            connection_verify=conn["ca_bundle"])
         self.principal = principal_header("oncall@contoso.example", "11111111-2222-3333-4444-555555555555",
                                           ["KeySteward.Read", "KeySteward.Revoke", "KeySteward.Restore"])
 
@@ -74,18 +79,23 @@ class Demo:
 
     def run(self) -> None:
         before = self.keys.get_key("cmk-cosmos").properties.version
-        billing = self.account("cosmos-contoso-billing")
-        step("estate", f"cosmos-contoso-billing pinned to {billing.key_vault_key_uri.rsplit('/', 1)[-1]}, "
-                       f"cmk-cosmos current version {before}")
+        orders = self.account("cosmos-contoso-orders")
+        step("estate", f"cosmos-contoso-orders and -billing on {orders.key_vault_key_uri} (versionless, as Cosmos DB "
+                       f"requires), using {str(orders.key_vault_key_uri_version).rsplit('/', 1)[-1]}; "
+                       "adxcontosoprod1 pinned to a version of cmk-adx")
 
         new = self.keys.rotate_key("cmk-cosmos").properties.version
-        step("1. rotate", f"KeyClient.rotate_key created {new}; Key Vault emits KeyNewVersionCreated")
-        wait_for("the pinned account to follow",
-                 lambda: self.account("cosmos-contoso-billing").key_vault_key_uri.endswith(new))
-        step("2. pinned services follow", f"cosmos-contoso-billing now pinned to {new} (updated by keysteward)")
-        wait_for("the versionless account to move",
-                 lambda: (self.account("cosmos-contoso-orders").key_vault_key_uri_version or "").endswith(new))
-        step("   versionless account moved by itself", f"cosmos-contoso-orders uses {new}")
+        new_adx = self.keys.rotate_key("cmk-adx").properties.version
+        step("1. rotate", f"KeyClient.rotate_key created {new} (cmk-cosmos) and {new_adx} (cmk-adx); Key Vault "
+                          "emits KeyNewVersionCreated")
+        wait_for("the pinned cluster to follow", lambda: (self.kusto.clusters.get(
+            "rg-analytics", "adxcontosoprod1").key_vault_properties.key_version or "") == new_adx)
+        step("2. pinned services follow", f"adxcontosoprod1 now pinned to {new_adx} (updated by keysteward)")
+        for name in ("cosmos-contoso-orders", "cosmos-contoso-billing"):
+            wait_for(f"{name} to move", lambda n=name: (self.account(n).key_vault_key_uri_version or "").endswith(new))
+            check(self.account(name).key_vault_key_uri == self.key_uri, "Cosmos key URI stays versionless")
+        step("   Cosmos DB accounts moved by themselves",
+             f"both report keyVaultKeyUriVersion .../{new}; keysteward wrote nothing to them")
 
         done = self.stack.cli("disable", "--key", f"{self.key_uri}/{before}", "--reason", "cleanup",
                               "--ticket", "SEC-201", "--json", check=False)
@@ -97,10 +107,15 @@ class Demo:
         self.stack.admin("POST", "/sandbox/clock", {"advance": "PT25H"})
         step("4. 25 h later", "sandbox clock advanced by PT25H; key tagged keysteward-retire=true")
         sweep = json.loads(self.stack.cli("retire", "--json").stdout)
+        kept = sweep["kept"].get(f"{self.key_uri}/{before}", [])
+        check(any("continuous 30-day restore points" in r for r in kept), sweep)
+        step("   the sweep keeps the old version for backups", "; ".join(kept))
+        self.stack.admin("POST", "/sandbox/clock", {"advance": "P31D"})
+        sweep = json.loads(self.stack.cli("retire", "--json").stdout)
         states = {p.version: p for p in self.keys.list_properties_of_key_versions("cmk-cosmos")}
         retired = [v for v, p in states.items() if not p.enabled and "keysteward-retired-by" in (p.tags or {})]
         check(before in retired, (sweep, {v: (p.enabled, p.tags) for v, p in states.items()}))
-        step("   the sweep retired old versions", ", ".join(sorted(retired)) + f" (run {sweep['run']})")
+        step("   31 days later the sweep retires it", ", ".join(sorted(retired)) + f" (run {sweep['run']})")
 
         dry = self.api("POST", "revoke", {"key": self.key_uri, "mode": "disable", "reason": "key compromise drill",
                                           "ticket": "SEC-202", "dryRun": True})

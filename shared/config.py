@@ -100,7 +100,7 @@ class Settings:
     drift_mode: str = "repair"
     """KEYSTEWARD_DRIFT_MODE (repair): ``repair`` re-enables wrongly disabled versions; ``alert`` only reports."""
     backup_window: timedelta = timedelta(0)
-    """KEYSTEWARD_BACKUP_WINDOW_HOURS (0): Cosmos periodic-backup retention that keeps old versions needed."""
+    """KEYSTEWARD_BACKUP_WINDOW_HOURS (0): floor under the backup retention read from each resource."""
     trust_principal_header: bool = False
     """KEYSTEWARD_TRUST_PRINCIPAL_HEADER (false): trust X-MS-CLIENT-PRINCIPAL without Easy Auth (local host)."""
     two_person_rule: bool = False

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 
 
@@ -74,6 +74,29 @@ class KeyVersion:
 
 
 @dataclass(frozen=True)
+class BackupRetention:
+    """How long a service keeps restore points that need the key version they were taken with.
+
+    ``window`` is the retention read from the resource (``None`` when it could not be read:
+    ``reason`` then says why and the retention guard keeps every version the resource may
+    have used). ``description`` names the policy in words for verdicts ("continuous 30-day
+    restore points", "periodic backups kept 48 h").
+    """
+
+    window: timedelta | None
+    description: str
+    reason: str | None = None
+
+    @property
+    def readable(self) -> bool:
+        return self.window is not None
+
+    @staticmethod
+    def unreadable(reason: str) -> BackupRetention:
+        return BackupRetention(None, "backup policy unknown", reason)
+
+
+@dataclass(frozen=True)
 class Binding:
     """A service resource that encrypts with a Key Vault key: the unit keysteward keeps current.
 
@@ -105,6 +128,10 @@ class Binding:
     # into every update, which changes only the version.
     federated_client_id: str | None = None
     tags: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+    # Restore points that need the key version in use when they were taken (Cosmos DB backup
+    # policy, PostgreSQL point-in-time restore). ``None``: the service keeps no such backups,
+    # or its adapter does not read them (see shared.retention.backup_of for the defaults).
+    backup: BackupRetention | None = field(default=None, compare=False)
 
     @property
     def versionless(self) -> bool:

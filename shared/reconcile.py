@@ -117,7 +117,10 @@ def plan(
             note = "" if b.effective_version == target else f"stuck on {b.effective_version or 'unknown'}"
             actions.append(Action(ActionKind.READ_ONLY, b, None, note))
         elif b.versionless:
-            if b.in_use_version in (None, target):
+            # Never written (a Cosmos DB account takes no versioned key URI): only watched for lag.
+            if b.in_use_version is None:
+                actions.append(Action(ActionKind.VERSIONLESS, b, None, "version in use unknown (not reported)"))
+            elif b.in_use_version == target:
                 actions.append(Action(ActionKind.VERSIONLESS, b, None))
             elif current.created is not None and now - current.created >= settings.lag_alert:
                 lag = now - current.created

@@ -6,7 +6,11 @@ A version V of key K may be disabled only when all hold:
    (default 24 h; ``KEYSTEWARD_RETENTION_HOURS`` may raise it, never lower it);
 3. no binding is pinned to V, and every versionless binding is known to have moved off V;
 4. no binding that keysteward cannot update (PostgreSQL, Energy) uses V;
-5. where configured, no backup window still needs V (Cosmos periodic backups).
+5. no restore point that may have been taken with V can still be restored: for every binding
+   that carries a backup retention (Cosmos DB ``backupPolicy``; PostgreSQL's point-in-time
+   restore window), V stays enabled from the moment the binding stopped using it until that
+   moment plus the retention (``KEYSTEWARD_BACKUP_WINDOW_HOURS`` is a floor under it); a
+   policy that cannot be read keeps every version the binding may have used.
 The answer is never just "no": :func:`verdict` lists every blocker, with the bindings and
 the time left. Only a revocation run may override the rule, explicitly (shared/runbooks.py).
 """
@@ -22,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from shared.errors import KeystewardError, NotFoundError, PermanentError
-from shared.model import Binding, KeyRef, KeyVersion, ServiceType
+from shared.model import BackupRetention, Binding, KeyRef, KeyVersion, ServiceType
 from shared.notify import Outcome
 
 if TYPE_CHECKING:
@@ -81,9 +85,14 @@ def verdict(
     now: datetime,
     retention: timedelta,
     backup_window: timedelta = timedelta(0),
+    follow_delay: timedelta = timedelta(hours=2),
 ) -> Verdict:
     """May ``version`` be disabled now? ``versions`` oldest first; ``bindings`` of this key.
 
+    ``backup_window`` is the operator's floor under every backup retention; ``follow_delay``
+    bounds how long after a version's successor was created a versionless binding that now
+    reports a later version moved off it (the lag limit, ``KEYSTEWARD_LAG_ALERT_MINUTES``: a
+    binding slower than that is reported as lagging).
     Pure: no I/O. Unknown facts block (a version in use cannot be proven unused).
     """
     blockers: list[Blocker] = []
@@ -109,17 +118,12 @@ def verdict(
                     f" ({_hours(left)} left)",
                     time_left=left,
                 ))
-            # 5. backup window: V was in use at least until its successor existed
-            if backup_window > timedelta(0) and age < backup_window and any(
-                b.service is ServiceType.COSMOS for b in bindings
-            ):
-                left = backup_window - age
-                blockers.append(Blocker(
-                    BlockerKind.BACKUP,
-                    f"Cosmos DB backups taken in the last {_hours(backup_window)} may need {version}"
-                    f" ({_hours(left)} left)",
-                    time_left=left,
-                ))
+            # 5. restore points taken with V, per binding
+            for b in bindings:
+                blocker = _backup_blocker(b, version, successor.created, now=now, floor=backup_window,
+                                          follow_delay=follow_delay)
+                if blocker is not None:
+                    blockers.append(blocker)
     # 3 and 4. bindings
     for b in bindings:
         if not b.updatable:
@@ -134,8 +138,8 @@ def verdict(
                 blockers.append(Blocker(BlockerKind.PINNED, f"{b.service.value} {b.name} is pinned to {version}",
                                         b.resource_id))
         elif b.in_use_version is None:
-            blockers.append(Blocker(BlockerKind.VERSIONLESS, f"versionless {b.service.value} {b.name} does not report "
-                                    "which version it uses", b.resource_id))
+            blockers.append(Blocker(BlockerKind.VERSIONLESS, f"versionless {b.service.value} {b.name}: version in use "
+                                    "unknown (not reported)", b.resource_id))
         elif b.in_use_version == version:
             blockers.append(Blocker(BlockerKind.VERSIONLESS, f"versionless {b.service.value} {b.name} still uses "
                                     f"{version}", b.resource_id))
@@ -145,6 +149,78 @@ def verdict(
 def _hours(delta: timedelta) -> str:
     hours = delta.total_seconds() / 3600
     return f"{hours:.1f} h"
+
+
+# ---- backups ----------------------------------------------------------------------------------
+
+# Cosmos DB for PostgreSQL keeps point-in-time restore backups for 35 days (product document
+# "Backup and restore in Azure Cosmos DB for PostgreSQL": "retained for 35 days"); its ARM
+# spec (postgresqlhsc) exposes no retention property. A PostgreSQL adapter that reads one fills
+# Binding.backup itself; otherwise this documented default applies. Kusto clusters and Energy
+# instances expose no customer restore points that depend on a key version.
+DEFAULT_BACKUP_RETENTION: dict[ServiceType, BackupRetention] = {
+    ServiceType.POSTGRES: BackupRetention(timedelta(days=35), "point-in-time restore backups kept 35 days"),
+}
+
+
+def backup_of(binding: Binding) -> BackupRetention | None:
+    """The backup retention that applies to ``binding`` (read from the resource, else the
+    documented default for its service); ``None`` when its service keeps no such backups."""
+    return binding.backup if binding.backup is not None else DEFAULT_BACKUP_RETENTION.get(binding.service)
+
+
+def _day(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%d")
+
+
+def _backup_blocker(b: Binding, version: str, successor_created: datetime, *, now: datetime, floor: timedelta,
+                    follow_delay: timedelta) -> Blocker | None:
+    """Blocks ``version`` while restore points of ``b`` taken with it can still be restored.
+
+    The binding stopped using ``version`` no earlier than its successor's creation: a pinned
+    binding when it left the pin, a versionless one within ``follow_delay`` of the successor
+    (it reports a later version now; one still on ``version``, or not reporting, is blocked as
+    in use). A binding still on the version is blocked by the in-use rule; its backups are
+    covered once it moves.
+    """
+    policy = backup_of(b)
+    if policy is None:
+        return None
+    if b.effective_version == version or (b.versionless and b.in_use_version is None):
+        return None  # still in use (or not known to have moved): the in-use rule blocks it
+    if b.pinned_version is not None and b.pinned_version != version and not b.updatable:
+        return None  # CMK fixed at creation on another version: never used this one
+    if not policy.readable:
+        return Blocker(BlockerKind.BACKUP, f"{b.name}: backup policy cannot be read ({policy.reason}); keeping"
+                       f" {version}, which its restore points may need", b.resource_id)
+    assert policy.window is not None  # noqa: S101 - readable means a window
+    window = max(policy.window, floor)
+    stopped = successor_created + (follow_delay if b.versionless else timedelta(0))
+    until = stopped + window
+    if now >= until:
+        return None
+    floor_note = f" (floor {_hours(floor)})" if floor > policy.window else ""
+    return Blocker(
+        BlockerKind.BACKUP,
+        f"{b.name}: {policy.description}{floor_note} taken until {_day(stopped)} need it until {_day(until)}"
+        f" ({_hours(until - now)} left)",
+        b.resource_id,
+        time_left=until - now,
+    )
+
+
+def restore_point_note(bindings: Sequence[Binding]) -> list[str]:
+    """What a revocation does to backups, per binding with restore points (for a revoke's dry
+    run): restore points taken with the key stay unusable while it is revoked."""
+    notes = []
+    for b in bindings:
+        policy = backup_of(b)
+        if policy is None:
+            continue
+        kept = policy.description if policy.readable else f"restore points (policy unreadable: {policy.reason})"
+        notes.append(f"{b.name}: {kept} taken with this key cannot be restored while it is revoked; they become "
+                     "usable again only after a restore of the key, and only while they are still retained")
+    return notes
 
 
 # ---- operations over the rule ---------------------------------------------------------------------
@@ -183,7 +259,8 @@ def key_facts(app: Keysteward, key: KeyRef, bindings: Sequence[Binding] | None =
 
 def verdict_for(app: Keysteward, facts: KeyFacts, version: str) -> Verdict:
     return verdict(version, versions=facts.versions, bindings=facts.bindings, now=app.clock.now(),
-                   retention=app.settings.retention, backup_window=app.settings.backup_window)
+                   retention=app.settings.retention, backup_window=app.settings.backup_window,
+                   follow_delay=app.settings.lag_alert)
 
 
 def key_status(app: Keysteward, key: KeyRef) -> dict[str, Any]:
@@ -211,7 +288,8 @@ def key_status(app: Keysteward, key: KeyRef) -> dict[str, Any]:
         "bindings": [
             {"resourceId": b.resource_id, "service": b.service.value, "pinnedVersion": b.pinned_version,
              "inUseVersion": b.in_use_version, "updatable": b.updatable,
-             "stuck": (not b.updatable and current is not None and b.effective_version != current.version)}
+             "stuck": (not b.updatable and current is not None and b.effective_version != current.version),
+             **_binding_extras(b, current)}
             for b in facts.bindings
         ],
     }
@@ -229,7 +307,29 @@ def status_lines(status: dict[str, Any]) -> list[str]:
     stuck = [b for b in status["bindings"] if b["stuck"]]
     for b in stuck:
         lines.append(f"  stuck on an old version (cannot be updated): {b['resourceId']}")
+    for b in status["bindings"]:
+        if b.get("lagging"):
+            lines.append(f"  lagging (still on {b['inUseVersion']}): {b['resourceId']}")
+        elif b.get("inUse") == "unknown":
+            lines.append(f"  version in use unknown (not reported): {b['resourceId']}")
+        if b.get("backup"):
+            lines.append(f"  backups: {b['backup']}: {b['resourceId']}")
     return lines
+
+
+def _binding_extras(b: Binding, current: KeyVersion | None) -> dict[str, Any]:
+    """Per-binding status fields: the version in use in words and the backup retention."""
+    extras: dict[str, Any] = {}
+    if b.versionless and b.updatable:
+        extras["inUse"] = b.in_use_version or "unknown"
+        extras["lagging"] = bool(current is not None and b.in_use_version is not None
+                                 and b.in_use_version != current.version)
+    policy = backup_of(b)
+    if policy is not None:
+        extras["backup"] = policy.description if policy.readable else f"policy unreadable: {policy.reason}"
+        extras["backupRetentionHours"] = (int(policy.window.total_seconds() // 3600)
+                                          if policy.window is not None else None)
+    return extras
 
 
 def _merge_tags(v: KeyVersion, extra: dict[str, str]) -> dict[str, str]:

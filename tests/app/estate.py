@@ -48,7 +48,7 @@ class Estate:
     key_name: str
     v1: str
     clusters: list[tuple[str, str]] = field(default_factory=list)  # (sub, name)
-    accounts: list[tuple[str, str]] = field(default_factory=list)  # (sub, name) versioned
+    accounts: list[tuple[str, str]] = field(default_factory=list)  # (sub, name), one per subscription
     versionless_accounts: list[tuple[str, str]] = field(default_factory=list)
 
     @property
@@ -69,8 +69,6 @@ class Estate:
         out = {}
         for sub, name in self.clusters:
             out[name] = self.cluster(sub, name).key_vault_properties.key_version
-        for sub, name in self.accounts:
-            out[name] = self.account(sub, name).key_vault_key_uri.rsplit("/", 1)[-1]
         return out
 
     def writes(self, since: int) -> list[Any]:
@@ -139,7 +137,8 @@ def make_estate(world: World, *, clusters_per_sub: int = 2, accounts_per_sub: in
             estate.clusters.append((sub, name))
         for i in range(accounts_per_sub):
             name = f"cosmos-{sub[-4:]}-{i}"
-            make_account(world, sub, name, key_uri=f"{vault_url}/keys/cmk/{v1}", grant_in=(subs[0], "kv-estate"))
+            # Cosmos DB takes only a versionless key URI (Azure refuses a versioned one).
+            make_account(world, sub, name, key_uri=f"{vault_url}/keys/cmk", grant_in=(subs[0], "kv-estate"))
             estate.accounts.append((sub, name))
     for i in range(versionless):
         name = f"cosmos-vl-{i}"

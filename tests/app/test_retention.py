@@ -9,6 +9,7 @@ import pytest
 from azure.core.pipeline.policies import BearerTokenCredentialPolicy
 from azure.core.rest import HttpRequest
 from azure.mgmt.core import ARMPipelineClient
+from azure.mgmt.cosmosdb import models as cm
 
 import functions._root as root
 from functions.schedules import reconcile_schedule
@@ -22,8 +23,10 @@ from shared.retention import (
     disable_version,
     key_status,
     maintenance_pass,
+    restore_point_note,
 )
-from tests.app.estate import LOCATION, RG, Estate, grant, make_estate, make_vault, steward
+from shared.targets.cosmos import backup_retention
+from tests.app.estate import LOCATION, RG, Estate, cosmos, grant, make_estate, make_vault, steward
 from tests.app.test_propagation import TimerRequest, run_queue
 
 
@@ -233,3 +236,145 @@ def test_disable_cli_refuses_with_reasons(world, capsys):
     code = cli_main(["disable", "--key", f"{estate.key_uri}/{estate.v1}", "--reason", "r", "--ticket", "t"], app=app)
     assert code == 1
     assert "refused:" in capsys.readouterr().out
+
+
+# ---- backups keep their key (Cosmos DB backupPolicy) ------------------------------------------------
+def make_backed_up_account(world: World, estate: Estate, name: str, policy: dict[str, Any]) -> str:
+    """A versionless Cosmos DB account created with ``policy`` as its backupPolicy, through the SDK."""
+    client = cosmos(world, estate.subs[0])
+    account = client.database_accounts.begin_create_or_update(RG, name, {
+        "location": LOCATION, "kind": "GlobalDocumentDB", "identity": {"type": "SystemAssigned"},
+        "properties": {"databaseAccountOfferType": "Standard", "backupPolicy": policy,
+                       "locations": [{"locationName": LOCATION, "failoverPriority": 0}]},
+    }).result()
+    grant(world, estate.subs[0], estate.vault_name, str(account.identity.principal_id))
+    client.database_accounts.begin_update(RG, name, {"properties": {
+        "keyVaultKeyUri": estate.key_uri, "defaultIdentity": "SystemAssignedIdentity"}}).result()
+    return str(account.id)
+
+
+def backup_blockers(app: Any, estate: Estate, version: str) -> list[str]:
+    status = key_status(app, KeyRef(estate.vault_url, estate.key_name))
+    entry = next(v for v in status["versions"] if v["version"] == version)
+    return [b["message"] for b in entry["retention"]["blockers"] if b["kind"] == "backup"]
+
+
+CONTINUOUS_30 = {"type": "Continuous", "continuousModeProperties": {"tier": "Continuous30Days"}}
+
+
+def test_continuous_30_day_account_keeps_the_old_version_25_h_after_rotation_and_frees_it_after(world):
+    estate = make_estate(world, clusters_per_sub=0, accounts_per_sub=0, versionless=0)
+    app, _, _ = steward(world, estate, KEYSTEWARD_LAG_ALERT_MINUTES="60")
+    make_backed_up_account(world, estate, "cosmos-orders", CONTINUOUS_30)
+    world.clock.advance(timedelta(minutes=10))  # the account reports v1 in use
+    rotated = estate.keys.rotate_key(estate.key_name).properties.created_on
+    world.clock.advance(timedelta(hours=25))  # the account follows v2 within the hour (sandbox lag)
+    with pytest.raises(RetentionRefused) as refused:
+        disable_version(app, versioned(estate, estate.v1), reason="cleanup", ticket="T-18", caller="alice")
+    [blocker] = refused.value.verdict.blockers
+    stopped = rotated + timedelta(hours=1)  # moved off v1 within the lag limit of v2's creation
+    until = stopped + timedelta(days=30)
+    assert blocker.kind == "backup"
+    assert blocker.message.startswith(
+        f"cosmos-orders: continuous 30-day restore points taken until {stopped:%Y-%m-%d} need it until {until:%Y-%m-%d}")
+    assert blocker.time_left == until - world.clock.now()
+    assert estate.keys.get_key(estate.key_name, estate.v1).properties.enabled
+    world.clock.advance(blocker.time_left - timedelta(minutes=1))
+    assert backup_blockers(app, estate, estate.v1)  # a minute before the window ends: still kept
+    world.clock.advance(timedelta(minutes=2))
+    disable_version(app, versioned(estate, estate.v1), reason="cleanup", ticket="T-18", caller="alice")
+    props = [p for p in estate.keys.list_properties_of_key_versions(estate.key_name) if p.version == estate.v1][0]
+    assert not props.enabled
+
+
+def test_periodic_48_h_account_blocks_for_48_hours(world):
+    estate = make_estate(world, clusters_per_sub=0, accounts_per_sub=0, versionless=0)
+    app, _, _ = steward(world, estate, KEYSTEWARD_LAG_ALERT_MINUTES="60")
+    make_backed_up_account(world, estate, "cosmos-billing", {
+        "type": "Periodic", "periodicModeProperties": {"backupIntervalInMinutes": 240,
+                                                       "backupRetentionIntervalInHours": 48}})
+    world.clock.advance(timedelta(minutes=10))
+    estate.keys.rotate_key(estate.key_name)
+    world.clock.advance(timedelta(hours=48))  # 24-hour rule long over; the backups still need v1
+    [message] = backup_blockers(app, estate, estate.v1)
+    assert "cosmos-billing: periodic backups kept 48 h taken until" in message
+    world.clock.advance(timedelta(hours=1, minutes=1))  # 48 h after the account moved off v1
+    assert backup_blockers(app, estate, estate.v1) == []
+    disable_version(app, versioned(estate, estate.v1), reason="cleanup", ticket="T-18", caller="alice")
+
+
+def test_backup_window_setting_is_a_floor_under_the_policy(world):
+    estate = make_estate(world, clusters_per_sub=0, accounts_per_sub=0, versionless=0)
+    app, _, _ = steward(world, estate, KEYSTEWARD_LAG_ALERT_MINUTES="60", KEYSTEWARD_BACKUP_WINDOW_HOURS="100")
+    make_backed_up_account(world, estate, "cosmos-short", {"type": "Periodic"})  # Azure's default: 8 h
+    world.clock.advance(timedelta(minutes=10))
+    estate.keys.rotate_key(estate.key_name)
+    world.clock.advance(timedelta(hours=90))
+    [message] = backup_blockers(app, estate, estate.v1)
+    assert "periodic backups kept 8 h (floor 100.0 h)" in message
+    world.clock.advance(timedelta(hours=12))
+    assert backup_blockers(app, estate, estate.v1) == []
+
+
+def test_unreadable_backup_policy_blocks_with_its_reason(world):
+    estate = make_estate(world, clusters_per_sub=0, accounts_per_sub=0, versionless=0)
+    app, _, _ = steward(world, estate)
+    rid = make_backed_up_account(world, estate, "cosmos-odd", CONTINUOUS_30)
+    # Stands in for a policy keysteward cannot interpret (a type newer than the spec it reads):
+    # Azure would have to answer it, so the sandbox's state is set directly.
+    world.resources[rid.lower()].properties["backupPolicy"] = {"type": "Hourly"}
+    world.clock.advance(timedelta(minutes=10))
+    estate.keys.rotate_key(estate.key_name)
+    world.clock.advance(timedelta(days=400))
+    with pytest.raises(RetentionRefused) as refused:
+        disable_version(app, versioned(estate, estate.v1), reason="cleanup", ticket="T-18", caller="alice")
+    [blocker] = refused.value.verdict.blockers
+    assert blocker.kind == "backup"
+    assert "cosmos-odd: backup policy cannot be read (backup policy type 'Hourly' is not known)" in blocker.message
+
+
+def test_status_shows_the_backup_reason(world, capsys):
+    estate = make_estate(world, clusters_per_sub=0, accounts_per_sub=0, versionless=0)
+    app, _, _ = steward(world, estate)
+    make_backed_up_account(world, estate, "cosmos-orders", CONTINUOUS_30)
+    world.clock.advance(timedelta(minutes=10))
+    estate.keys.rotate_key(estate.key_name)
+    world.clock.advance(timedelta(hours=25))
+    assert cli_main(["status", "--key", estate.key_uri], app=app) == 0
+    out = capsys.readouterr().out
+    assert f"{estate.v1}  enabled  users=0  keep" in out
+    assert "- cosmos-orders: continuous 30-day restore points taken until" in out
+    assert "backups: continuous 30-day restore points" in out
+
+
+def test_revoke_note_says_restore_points_stay_unusable(world):
+    estate = make_estate(world, clusters_per_sub=0, accounts_per_sub=0, versionless=0)
+    app, _, _ = steward(world, estate)
+    make_backed_up_account(world, estate, "cosmos-orders", CONTINUOUS_30)
+    notes = restore_point_note(app.all_bindings())
+    assert notes == ["cosmos-orders: continuous 30-day restore points taken with this key cannot be restored while it "
+                     "is revoked; they become usable again only after a restore of the key, and only while they are "
+                     "still retained"]
+
+
+@pytest.mark.parametrize(("policy", "hours", "words"), [
+    (cm.PeriodicModeBackupPolicy(periodic_mode_properties=cm.PeriodicModeProperties(
+        backup_retention_interval_in_hours=720)), 720, "periodic backups kept 720 h"),
+    (cm.ContinuousModeBackupPolicy(continuous_mode_properties=cm.ContinuousModeProperties(tier="Continuous7Days")),
+     7 * 24, "continuous 7-day restore points"),
+    # A continuous policy that does not say its tier: the longer one, conservatively.
+    (cm.ContinuousModeBackupPolicy(), 30 * 24, "tier not reported, 30-day assumed"),
+    # Mid-migration from periodic to continuous both kinds of restore points exist: the longer window.
+    (cm.PeriodicModeBackupPolicy(
+        periodic_mode_properties=cm.PeriodicModeProperties(backup_retention_interval_in_hours=8),
+        migration_state=cm.BackupPolicyMigrationState(status="InProgress", target_type="Continuous")),
+     30 * 24, "migrating to continuous"),
+    (None, None, "the account reports no backupPolicy"),
+    (cm.PeriodicModeBackupPolicy(), None, "without a usable backupRetentionIntervalInHours"),
+    (cm.ContinuousModeBackupPolicy(continuous_mode_properties=cm.ContinuousModeProperties(tier="Continuous90Days")),
+     None, "tier 'Continuous90Days' is not known"),
+])
+def test_backup_policy_is_read_as_the_spec_defines_it(policy, hours, words):
+    result = backup_retention(policy)
+    assert (int(result.window.total_seconds() // 3600) if result.window else None) == hours
+    assert words in (result.description if result.readable else str(result.reason))

@@ -70,7 +70,6 @@ def test_account_with_a_versionless_key_is_accepted_and_answered_in_the_spec_sha
         assert props["keyVaultKeyUriVersion"].rstrip("/").rsplit("/", 1)[-1] == version
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13 point 3: the sandbox accepts a versioned keyVaultKeyUri on a Cosmos DB account")
 def test_account_with_a_versioned_key_uri_is_refused(estate: Estate) -> None:
     body, _, path = _body(estate, versioned=True)
     got = estate.arm("PUT", path, API, body)

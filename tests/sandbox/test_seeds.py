@@ -189,8 +189,13 @@ def test_demo_clusters_and_accounts(seeds_demo: tuple[World, seeds.SeedResult]) 
     cosmos = mgmt(world, CosmosDBManagementClient, PROD)
     orders = cosmos.database_accounts.get("rg-apps", "cosmos-contoso-orders")
     assert orders.key_vault_key_uri == "https://kv-contoso-prod-weu.vault.azure.net/keys/cmk-cosmos"
+    assert orders.backup_policy.type == "Continuous"
+    assert orders.backup_policy.continuous_mode_properties.tier == "Continuous30Days"
     billing = cosmos.database_accounts.get("rg-apps", "cosmos-contoso-billing")
-    assert billing.key_vault_key_uri == result.key_ids["kv-contoso-prod-weu/cmk-cosmos/v2"]
+    assert billing.key_vault_key_uri == "https://kv-contoso-prod-weu.vault.azure.net/keys/cmk-cosmos"
+    assert billing.backup_policy.periodic_mode_properties.backup_retention_interval_in_hours == 48
+    # The account reports the version it follows (the key's newest usable one).
+    assert billing.key_vault_key_uri_version == result.key_ids["kv-contoso-prod-weu/cmk-cosmos/v3"]
     assert billing.default_identity == f"UserAssignedIdentity={result.identities['uai-cosmos-prod']['id']}"
     dev = mgmt(world, KustoManagementClient, DEV).clusters.get("rg-dev-analytics", "adxcontosodev1")
     assert dev.key_vault_properties.key_version == result.versions["kv-contoso-dev-weu/cmk-dev/v1"]
@@ -237,7 +242,8 @@ def test_generate_fleet_shape() -> None:
     kinds = [r.type for r in plan.resources]
     assert kinds.count(seeds.KUSTO_TYPE) == 10
     assert kinds.count(seeds.COSMOS_TYPE) == 4
-    assert sum(1 for r in plan.resources if r.version == "v1") == 5 + 2
+    assert sum(1 for r in plan.resources if r.version == "v1") == 5  # Cosmos accounts are never pinned
+    assert all(r.version is None for r in plan.resources if r.type == seeds.COSMOS_TYPE)
     assert {r.subscription for r in plan.resources} == set(plan.subscriptions)
     with pytest.raises(ValueError):
         seeds.generate_fleet(1, 1, 0)

@@ -142,9 +142,7 @@ def test_cosmos_revoke_shows_a_4xxx_status_and_recovers_only_after_the_recovery_
     revoke(arm_world, "kvcosmosrev", COSMOS_FIRST_PARTY_PRINCIPAL)
     arm_world.clock.advance(interval(arm_world))
     status = client.database_accounts.get(RG, "cosmosrev").customer_managed_key_status
-    assert status is not None
-    assert status.startswith("Access to your account is currently revoked")
-    assert status.endswith("(4002)")
+    assert status == DOCUMENTED_4002
     # Revoked accounts accept only identity updates.
     with pytest.raises(HttpResponseError):
         client.database_accounts.begin_update(
@@ -157,16 +155,35 @@ def test_cosmos_revoke_shows_a_4xxx_status_and_recovers_only_after_the_recovery_
     assert client.database_accounts.get(RG, "cosmosrev").customer_managed_key_status == COSMOS_CMK_CONFIRMED
 
 
-def test_cosmos_status_codes_follow_the_cause(arm_world: World) -> None:
+# Values of the CustomerManagedKeyStatus enum of the Cosmos DB spec (stable/2023-09-15/cosmos-db.json),
+# written out here from the published text rather than taken from the sandbox's constants.
+DOCUMENTED_4002 = (
+    "Access to your account is currently revoked because the current default identity no longer has permission to "
+    "the associated Key Vault key; for more details about this error and how to restore access to your account please "
+    "visit https://learn.microsoft.com/en-us/azure/cosmos-db/cmk-troubleshooting-guide"
+    "#default-identity-is-unauthorized-to-access-the-azure-key-vault-key (4002)."
+)
+DOCUMENTED_4017 = (
+    "Access to your account is currently revoked because the correspondent Azure Key Vault was not found; for more "
+    "details about this error and how to restore access to your account please visit "
+    "https://learn.microsoft.com/en-us/azure/cosmos-db/cmk-troubleshooting-guide#azure-key-vault-resource-not-found "
+    "(4017)."
+)
+
+
+def test_cosmos_status_texts_are_the_documented_ones(arm_world: World) -> None:
     _uri, v1 = cmk_account(arm_world, "cosmoscause")
     client = cosmos_client(arm_world)
+    assert client.database_accounts.get(RG, "cosmoscause").customer_managed_key_status == (
+        "Access to the configured customer managed key confirmed.")
+    # The troubleshooting guide files a disabled or expired key under 4002.
     set_enabled(arm_world, "kvcosmoscause", "cmk", v1, False)
     arm_world.clock.advance(interval(arm_world))
-    assert "disabled" in (client.database_accounts.get(RG, "cosmoscause").customer_managed_key_status or "")
+    assert client.database_accounts.get(RG, "cosmoscause").customer_managed_key_status == DOCUMENTED_4002
     with arm_world.lock:
         del arm_world.vaults["kvcosmoscause"]
     arm_world.clock.advance(interval(arm_world))
-    assert (client.database_accounts.get(RG, "cosmoscause").customer_managed_key_status or "").endswith("(4017)")
+    assert client.database_accounts.get(RG, "cosmoscause").customer_managed_key_status == DOCUMENTED_4017
 
 
 def test_cosmos_versionless_key_uri_version_moves_after_the_lag(arm_world: World) -> None:
@@ -180,14 +197,62 @@ def test_cosmos_versionless_key_uri_version_moves_after_the_lag(arm_world: World
     arm_world.clock.advance(timedelta(hours=1, minutes=10))
     account = client.database_accounts.get(RG, "cosmoslag")
     assert account.key_vault_key_uri_version == f"{uri}/{v2}"
+    assert account.key_vault_key_uri == uri  # the configured URI stays versionless
     assert account.customer_managed_key_status == COSMOS_CMK_CONFIRMED
 
 
-def test_cosmos_versioned_uri_is_accepted_and_pinned(arm_world: World) -> None:
-    uri, v1 = cmk_account(arm_world, "cosmospin", versioned=True)
-    add_key_version(arm_world, "kvcosmospin", "cmk")
-    arm_world.clock.advance(timedelta(days=2))
-    assert cosmos_client(arm_world).database_accounts.get(RG, "cosmospin").key_vault_key_uri_version == f"{uri}/{v1}"
+def test_cosmos_refuses_a_versioned_key_uri_as_azure_does(arm_world: World) -> None:
+    with pytest.raises(HttpResponseError) as err:
+        cmk_account(arm_world, "cosmospin", versioned=True)
+    assert err.value.status_code == 400
+    assert err.value.error is not None
+    assert err.value.error.code == "BadRequest"
+    assert str(err.value.error.message).startswith(
+        "Please provide KeyVault Key Uri without version. We will use latest version of the key")
+    # And on an update of an existing account: refused, nothing changed.
+    uri, v1 = cmk_account(arm_world, "cosmospin2")
+    client = cosmos_client(arm_world)
+    with pytest.raises(HttpResponseError) as err2:
+        client.database_accounts.begin_update(
+            RG, "cosmospin2", cm.DatabaseAccountUpdateParameters(key_vault_key_uri=f"{uri}/{v1}")).result()
+    assert err2.value.status_code == 400
+    assert client.database_accounts.get(RG, "cosmospin2").key_vault_key_uri == uri
+
+
+def test_cosmos_backup_policy_defaults_and_validation(arm_world: World) -> None:
+    cmk_account(arm_world, "cosmosbak")
+    client = cosmos_client(arm_world)
+    policy = client.database_accounts.get(RG, "cosmosbak").backup_policy
+    # Omitted at creation: periodic, every 240 minutes, kept 8 hours, geo-redundant.
+    assert policy.type == "Periodic"
+    assert policy.periodic_mode_properties.backup_interval_in_minutes == 240
+    assert policy.periodic_mode_properties.backup_retention_interval_in_hours == 8
+    assert policy.periodic_mode_properties.backup_storage_redundancy == "Geo"
+    client.database_accounts.begin_update(RG, "cosmosbak", cm.DatabaseAccountUpdateParameters(
+        backup_policy=cm.PeriodicModeBackupPolicy(
+            periodic_mode_properties=cm.PeriodicModeProperties(backup_retention_interval_in_hours=48)))).result()
+    policy = client.database_accounts.get(RG, "cosmosbak").backup_policy
+    assert policy.periodic_mode_properties.backup_retention_interval_in_hours == 48
+    assert policy.periodic_mode_properties.backup_interval_in_minutes == 240
+    with pytest.raises(HttpResponseError) as err:  # outside 8-720 hours
+        client.database_accounts.begin_update(RG, "cosmosbak", cm.DatabaseAccountUpdateParameters(
+            backup_policy=cm.PeriodicModeBackupPolicy(
+                periodic_mode_properties=cm.PeriodicModeProperties(backup_retention_interval_in_hours=2)))).result()
+    assert err.value.status_code == 400
+    client.database_accounts.begin_update(RG, "cosmosbak", cm.DatabaseAccountUpdateParameters(
+        backup_policy=cm.ContinuousModeBackupPolicy())).result()
+    policy = client.database_accounts.get(RG, "cosmosbak").backup_policy
+    assert policy.type == "Continuous"
+    assert policy.continuous_mode_properties.tier == "Continuous30Days"
+    client.database_accounts.begin_update(RG, "cosmosbak", cm.DatabaseAccountUpdateParameters(
+        backup_policy=cm.ContinuousModeBackupPolicy(
+            continuous_mode_properties=cm.ContinuousModeProperties(tier="Continuous7Days")))).result()
+    assert client.database_accounts.get(RG, "cosmosbak").backup_policy.continuous_mode_properties.tier == (
+        "Continuous7Days")
+    with pytest.raises(HttpResponseError):  # no way back from continuous to periodic
+        client.database_accounts.begin_update(RG, "cosmosbak", cm.DatabaseAccountUpdateParameters(
+            backup_policy=cm.PeriodicModeBackupPolicy())).result()
+    assert client.database_accounts.get(RG, "cosmosbak").backup_policy.type == "Continuous"
 
 
 # ---- PostgreSQL / Energy: sim state only ----------------------------------------------------

@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 STEPS = ["1. rotate", "2. pinned services follow", "3. early disable refused", "4. 25 h later",
-         "the sweep retired old versions", "5. revoke dry run", "6. revoke", "services confirmed dark",
+         "the sweep keeps the old version for backups", "31 days later the sweep retires it", "5. revoke dry run", "6. revoke", "services confirmed dark",
          "7. restore", "8. services healthy", "demo complete: every step held"]
 
 

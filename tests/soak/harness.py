@@ -14,10 +14,12 @@ import functools
 import json
 import logging
 import random
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
 import requests
@@ -27,7 +29,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from sandbox.transport import SandboxAdapter, SandboxTransport, StaticTokenCredential, sandbox_session
 from sandbox.world import World
-from shared.model import Binding, KeyRef, KeyVersion, ServiceType
+from shared.model import BackupRetention, Binding, KeyRef, KeyVersion, ServiceType
+from shared.targets.cosmos import backup_retention
 from tests.app.estate import RG, kv_mgmt, make_account, make_cluster, make_vault
 from tests.soak.invariants import Snapshot
 
@@ -131,8 +134,9 @@ class SoakEstate:
 
 def build_estate(world: World, rng: random.Random) -> SoakEstate:
     """Two configured vaults (one per subscription) with one or two keys each, one foreign vault;
-    Kusto clusters and Cosmos DB accounts pinned to them across both subscriptions, a
-    versionless account, a held cluster, and a cluster on the foreign key."""
+    Kusto clusters pinned to them and (versionless) Cosmos DB accounts across both
+    subscriptions, one more account on the first key, a held cluster, and a cluster on the
+    foreign key."""
     subs = list(world.subscriptions[:2])
     pool = key_pool()
     vaults = {f"kv-soak-{i}": make_vault(world, subs[i], f"kv-soak-{i}") for i in range(2)}
@@ -167,7 +171,8 @@ def build_estate(world: World, rng: random.Random) -> SoakEstate:
         sub = subs[rng.randrange(2)]
         name = f"cosmos{n}"
         n += 1
-        make_account(world, sub, name, key_uri=f"{key.uri}/{version}", grant_in=(vault_sub, vault_name))
+        # Cosmos DB takes only versionless key URIs: the account follows the key itself.
+        make_account(world, sub, name, key_uri=key.uri, grant_in=(vault_sub, vault_name))
         estate.resources.append(("cosmos", sub, name, key.uri))
     # One versionless account on the first key: the in-use hazard the retention rule guards.
     make_account(world, subs[0], "cosmosvl", key_uri=keys[0].uri, grant_in=(subs[0], "kv-soak-0"))
@@ -229,17 +234,27 @@ def _binding_of(res: Any) -> Binding | None:
         base, _, rest = str(uri).partition("/keys/")
         parts = rest.strip("/").split("/")
         ref = KeyRef(base.rstrip("/").lower(), parts[0])
-        pinned = parts[1] if len(parts) > 1 else None
         in_use = str(props.get("keyVaultKeyUriVersion") or "").rstrip("/").rsplit("/", 1)[-1] or None
-        return _binding(res, ServiceType.COSMOS, ref, pinned, in_use if pinned is None else pinned)
+        return _binding(res, ServiceType.COSMOS, ref, None, in_use,
+                        backup=backup_retention(_attrs(props.get("backupPolicy"))))
     return None
 
 
-def _binding(res: Any, service: ServiceType, ref: KeyRef, pinned: str | None, in_use: str | None) -> Binding:
+def _attrs(raw: Any) -> Any:
+    """A JSON object as attributes with the SDK's snake_case names (what backup_retention reads)."""
+    if not isinstance(raw, dict):
+        return raw
+    snake = {re.sub(r"(?<!^)(?=[A-Z])", "_", k).lower(): _attrs(v) for k, v in raw.items()}
+    return SimpleNamespace(**snake)
+
+
+def _binding(res: Any, service: ServiceType, ref: KeyRef, pinned: str | None, in_use: str | None,
+             backup: BackupRetention | None = None) -> Binding:
     return Binding(resource_id=res.id, service=service, subscription=res.subscription,
                    resource_group=res.resource_group, name=res.name, location=res.location, key=ref,
                    pinned_version=pinned, in_use_version=in_use, updatable=True,
-                   provisioning_state=str(res.properties.get("provisioningState") or ""), tags=dict(res.tags))
+                   provisioning_state=str(res.properties.get("provisioningState") or ""), tags=dict(res.tags),
+                   backup=backup)
 
 
 def world_requests(world: World, since: int) -> list[dict[str, Any]]:

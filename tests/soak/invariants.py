@@ -13,8 +13,10 @@ Observations are deliberately neutral data (no World, no app):
 Each check returns a list of violations (human-readable strings); empty means the invariant
 holds. The soak fails a seed on the first non-empty list and prints the seed for replay.
 
-I1  no version was disabled within the retention period of its replacement or while any
-    binding used it, except by a revocation run (or by the soak itself, playing an operator);
+I1  no version was disabled within the retention period of its replacement, while any
+    binding used it, or while restore points taken with it could still be restored (each
+    binding's backup retention), except by a revocation run (or by the soak itself, playing an
+    operator);
 I2  every pinned, updatable binding ends on its key's current version (unless held or revoked);
 I3  every run ends succeeded, or failed with a reason, or is resumable and finishes on resume;
 I4  re-delivering any event, or re-running any pass, makes no further write;
@@ -105,12 +107,16 @@ def check_i1(
     retention: timedelta,
     revocation_runs: Iterable[str],
     external: Iterable[tuple[str, str]] = (),
+    backup_window: timedelta = timedelta(0),
+    follow_delay: timedelta = timedelta(hours=2),
 ) -> list[str]:
     """I1 for the disables of one step. A disable is allowed when the version carries
     ``keysteward-revoked-by`` naming a revocation run, when the soak itself made it
     (``external``: (key, version) pairs), or when :func:`shared.retention.verdict` allows it at
     the time of the write with the bindings as they are after the step (a binding still on the
-    version after the step was on it when the version was disabled)."""
+    version after the step was on it when the version was disabled). Backup windows come with
+    the bindings (``Binding.backup``); ``backup_window`` and ``follow_delay`` are keysteward's
+    ``KEYSTEWARD_BACKUP_WINDOW_HOURS`` floor and lag limit (defaults: 0 and 2 h)."""
     runs = set(revocation_runs)
     outside = set(external)
     problems: list[str] = []
@@ -123,7 +129,7 @@ def check_i1(
                 problems.append(f"I1: {d.key}/{d.version} tagged {REVOKED_BY_TAG}={by}, which is no revocation run")
             continue
         check = verdict(d.version, versions=list(after.versions.get(d.key, ())), bindings=after.bindings_of(d.key),
-                        now=d.at, retention=retention)
+                        now=d.at, retention=retention, backup_window=backup_window, follow_delay=follow_delay)
         if check.blockers:
             reasons = "; ".join(b.message for b in check.blockers)
             problems.append(f"I1: {d.key}/{d.version} disabled at {d.at.isoformat()} against the rule: {reasons}")

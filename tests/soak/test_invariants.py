@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from shared.journal import Run
-from shared.model import Binding, KeyRef, KeyVersion, ServiceType
+from shared.model import BackupRetention, Binding, KeyRef, KeyVersion, ServiceType
 from tests.soak import invariants as inv
 
 T0 = datetime(2026, 1, 5, tzinfo=UTC)
@@ -54,3 +54,18 @@ def test_i2_to_i6_flag_their_violations():
     assert inv.check_i5([{**write, "method": "DELETE"}])
     assert inv.check_i6([{**write, "host": "evil.example"}], vaults=[KEY.vault_url])
     assert inv.check_i6([write], vaults=[KEY.vault_url]) == []
+
+
+def test_i1_flags_a_disable_while_restore_points_still_need_the_version():
+    backup = BackupRetention(timedelta(days=30), "continuous 30-day restore points")
+    account = Binding("/subscriptions/s/rg/cosmos", ServiceType.COSMOS, "s", "rg", "cosmos-orders", "westeurope", KEY,
+                      None, "v2", True, backup=backup)
+    before = _snap(T0, [_v("v1", T0), _v("v2", T0 + timedelta(hours=1))], [account])
+    disabled = [_v("v1", T0, enabled=False), _v("v2", T0 + timedelta(hours=1))]
+    early = _snap(T0 + timedelta(days=3), disabled, [account])
+    problems = inv.check_i1(inv.disables_between(before, early), early, retention=timedelta(hours=24),
+                            revocation_runs=[])
+    assert problems and "cosmos-orders: continuous 30-day restore points" in problems[0]
+    late = _snap(T0 + timedelta(days=32), disabled, [account])
+    assert inv.check_i1(inv.disables_between(before, late), late, retention=timedelta(hours=24),
+                        revocation_runs=[]) == []

@@ -51,8 +51,9 @@ def _seed_doc(rng: random.Random) -> dict[str, Any]:
     clusters = [{"name": f"adxp{i}", "subscription": rng.choice("ab"), "resource_group": "rg-data",
                  "location": "westeurope", "identity": "uai0", "key": "kv-proc/cmk", "version": "v1"}
                 for i in range(rng.randint(1, 3))]
+    # Cosmos DB takes only a versionless key URI: the account follows the key itself.
     accounts = [{"name": "cosmosp0", "subscription": rng.choice("ab"), "resource_group": "rg-data",
-                 "location": "westeurope", "identity": "uai1", "key": "kv-proc/cmk", "version": "v1"}]
+                 "location": "westeurope", "identity": "uai1", "key": "kv-proc/cmk", "version": None}]
     return {
         "subscriptions": [{"id": SUBS[0], "name": "a"}, {"id": SUBS[1], "name": "b"}],
         "identities": ids,
