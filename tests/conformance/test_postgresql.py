@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-
 from tests.conformance.conftest import Estate
 from tests.conformance.spec import assert_conforms, example, violations
 
