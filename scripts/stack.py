@@ -117,6 +117,7 @@ class Stack:
     azurite_ports: tuple[int, int, int] = AZURITE_PORTS
     quiet: bool = False
     run_dir: Path = RUN  # logs, the connection and settings files, the sandbox's CA
+    with_host: bool = True  # False: Azurite and the sandbox only (the CLI needs no host)
     procs: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
     conn: dict[str, Any] = field(default_factory=dict)
     keys: dict[str, str] = field(default_factory=dict)
@@ -166,6 +167,8 @@ class Stack:
                                                   "cosmos_recovery_s": 15})
         self.admin("POST", "/sandbox/lro", {"duration_s": 3.0, "fail_rate": 0.0})
         self._write_settings()
+        if not self.with_host:
+            return
         self._say(f"starting the Functions host on {self.host_url} (function_app.py)")
         self._spawn("host", [sys.executable, "-m", "sandbox.host", "--port", str(self.port),
                              "--settings", str(self.settings_file)])
