@@ -283,9 +283,9 @@ below from this folder ({ROOT}).
   Azurite          blobs {LOOPBACK}:{blob}, queues {LOOPBACK}:{queue}, tables {LOOPBACK}:{table} (no telemetry)
   settings         {stack.rel(stack.settings_file)}
 
-Clock: the sandbox has its own clock. It started at 2026-01-05 09:00 UTC and runs at wall-clock
-speed (now {sandbox_now}); the host's timers, the CLI and every time keysteward prints use it.
-Log lines in {stack.rel(stack.run_dir)}/*.log carry wall-clock (UTC) times. Move the sandbox clock forward with
+Clock: the sandbox has its own clock, set by the demo estate and running at wall-clock speed
+(now {sandbox_now}). The host's timers, the CLI and every time keysteward prints use it; log
+lines in {stack.rel(stack.run_dir)}/*.log carry wall-clock (UTC) times. Move the sandbox clock forward with
   curl -s --cacert {ca} -X POST {admin}/sandbox/clock -H 'Content-Type: application/json' -d '{{"advance": "PT25H"}}'
 
 Try:

@@ -68,18 +68,18 @@ def pass_lines(result: PassResult) -> list[RenderableType]:
     current = result.current.version if result.current else "?"
     counts = ", ".join(f"{result.count(k)} {k.value}" for k in ActionKind if result.count(k))
     out: list[RenderableType] = [f"{result.key}  (current version {current})", f"  {counts or 'no bindings'}"]
-    rows = table("action", "service", "subscription", "resource", "pinned", "in use", "note")
+    rows = table("action", "service", "resource", "pinned", "note")
     listed = 0
     for a in result.actions:
         if a.kind is ActionKind.IN_SYNC or a.kind is ActionKind.VERSIONLESS:
             continue
         b = a.binding
-        rows.add_row(a.kind.value, b.service.value, b.subscription, short_id(b.resource_id),
-                     b.pinned_version or "versionless", b.in_use_version or "-", humanize_text(a.reason or ""))
+        rows.add_row(a.kind.value, b.service.value, short_id(b.resource_id), b.pinned_version or "versionless",
+                     humanize_text(a.reason or ""))
         listed += 1
     for b, reason in result.failed:
-        rows.add_row("FAILED", b.service.value, b.subscription, short_id(b.resource_id),
-                     b.pinned_version or "versionless", b.in_use_version or "-", humanize_text(reason))
+        rows.add_row("FAILED", b.service.value, short_id(b.resource_id), b.pinned_version or "versionless",
+                     humanize_text(reason))
         listed += 1
     if listed:
         out.append(rows)
@@ -105,7 +105,8 @@ def cmd_plan(app: Keysteward, args: argparse.Namespace, out: Output) -> int:
     def render() -> list[RenderableType]:
         lines: list[RenderableType] = [ln for r in results for ln in pass_lines(r)]
         to_change = sum(r.count(ActionKind.UPDATE) for r in results)
-        lines.append(f"{len(results)} key(s); {to_change} binding(s) would be updated; nothing was written")
+        lines.append(f"{len(results)} key(s); {to_change} binding(s) would be updated; nothing was written "
+                     f"(times: {out.clock_name})")
         return lines
 
     out.emit({"plans": [pass_doc(r) for r in results]}, render)
@@ -120,18 +121,21 @@ def cmd_reconcile(app: Keysteward, args: argparse.Namespace, out: Output) -> int
     deadline = started + args.timeout
     # Confirm passes: level-triggered, so a pass writes only what is still wrong.
     total = sum(len(r.actions) for r in results)
+    moved = {s.binding.resource_id for r in results for s in r.started}
     with out.progress(f"converging (gives up after {duration(args.timeout)})", total=total) as update:
         while args.wait and any(r.pending for r in results) and time.monotonic() < deadline:
             pending = sum(len(r.started) + r.count(ActionKind.IN_FLIGHT) for r in results)
             update(completed=total - pending, total=total)
             time.sleep(args.interval)
             results = app.reconcile_all(key=key)
+            moved |= {s.binding.resource_id for r in results for s in r.started}
         update(completed=total)
     took = time.monotonic() - started
 
     def render() -> list[RenderableType]:
         lines: list[RenderableType] = [ln for r in results for ln in pass_lines(r)]
         done = all(r.converged for r in results)
+        lines.append(f"updates started: {', '.join(sorted(short_id(m) for m in moved)) or 'none'}")
         if not args.wait:
             lines.append("updates started; not waiting (--no-wait): `keysteward plan` shows what is still pending")
         else:

@@ -70,6 +70,7 @@ def relative(moment: datetime | str | None, now: datetime) -> str:
 
 # A str(timedelta): "5 days, 0:00:49.577697" or "0:05:00"; never the time inside an ISO-8601 stamp.
 _TIMEDELTA = re.compile(r"(?<![\dT:])(?:(\d+) days?, )?(\d+):(\d\d):(\d\d)(?:\.\d+)?(?![\d+Z])")
+_ISO_IN_TEXT = re.compile(r"\b\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:\d\d)?")
 _ISO_STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d")
 
 
@@ -80,7 +81,7 @@ def humanize_text(text: str) -> str:
         days, hours, minutes, seconds = (int(g) if g else 0 for g in m.groups())
         return duration(timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds))
 
-    return _TIMEDELTA.sub(repl, text)
+    return _ISO_IN_TEXT.sub(lambda m: when(m.group(0)), _TIMEDELTA.sub(repl, text))
 
 
 def value_text(value: object) -> str:
@@ -122,10 +123,19 @@ def subscription_of(resource_id: str) -> str:
     return parts[lowered.index("subscriptions") + 1] if "subscriptions" in lowered[:-1] else "-"
 
 
+# Columns of ids that people copy into the next command: never shortened or wrapped (a 32-hex
+# version id, a subscription GUID, a run id); the free-text columns give way instead.
+_ID_WIDTH = {"version": 32, "pinned": 32, "in use": 32, "subscription": 36, "run": 30}
+
+
 def table(*columns: str, title: str | None = None) -> Table:
     """A plain, aligned table: header row, no box drawing characters beyond a rule."""
-    return Table(*columns, title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
-                 pad_edge=False, highlight=False)
+    t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
+              highlight=False)
+    for name in columns:
+        width = _ID_WIDTH.get(name)
+        t.add_column(name, min_width=width, no_wrap=width is not None)
+    return t
 
 
 class Output:
