@@ -66,6 +66,7 @@ $(PIP_STAMP): | $(VPY)
 	@touch $@
 
 $(NPM_STAMP):
+	@command -v npm >/dev/null || { echo "keysteward needs Node.js (npm) for Azurite, the storage emulator" >&2; exit 1; }
 	@echo "==> installing the Node tools (Azurite, package.json; about 15 s with npm's cache)"
 	npm install --no-audit --no-fund --silent
 	@rm -f node_modules/.installed-*

@@ -319,6 +319,12 @@ def main(argv: list[str]) -> int:
         print("usage: python -m scripts.stack run", file=sys.stderr)
         return 2
     stack = Stack()
+    busy = [p for p in (stack.port, *stack.azurite_ports) if not _port_free(p)]
+    if busy:
+        # Another stack (or anything else) holds the usual ports: the banner carries the real ones.
+        stack = Stack.on_free_ports()
+        say(f"ports {', '.join(map(str, busy))} are in use: the host takes {stack.port}, Azurite "
+            f"{'/'.join(map(str, stack.azurite_ports))}")
     stopping = False
 
     def on_signal(_sig: int, _frame: object) -> None:

@@ -117,7 +117,7 @@ def cmd_reconcile(app: Keysteward, args: argparse.Namespace, out: Output) -> int
     key = _key(app, args.key) if args.key else None
     with out.busy("reconciling: reading keys and starting updates..."):
         results = app.reconcile_all(key=key)
-    started = time.monotonic()
+    started, begun = time.monotonic(), app.clock.now()
     deadline = started + args.timeout
     # Confirm passes: level-triggered, so a pass writes only what is still wrong.
     total = sum(len(r.actions) for r in results)
@@ -130,7 +130,7 @@ def cmd_reconcile(app: Keysteward, args: argparse.Namespace, out: Output) -> int
             results = app.reconcile_all(key=key)
             moved |= {s.binding.resource_id for r in results for s in r.started}
         update(completed=total)
-    took = time.monotonic() - started
+    took = app.clock.now() - begun  # in the clock every other time in the output is in
 
     def render() -> list[RenderableType]:
         lines: list[RenderableType] = [ln for r in results for ln in pass_lines(r)]
@@ -139,7 +139,7 @@ def cmd_reconcile(app: Keysteward, args: argparse.Namespace, out: Output) -> int
         if not args.wait:
             lines.append("updates started; not waiting (--no-wait): `keysteward plan` shows what is still pending")
         else:
-            lines.append(("converged" if done else "NOT converged") + f" after {duration(took)} (wall clock)")
+            lines.append(("converged" if done else "NOT converged") + f" after {duration(took)} ({out.clock_name})")
         return lines
 
     out.emit({"passes": [pass_doc(r) for r in results]}, render)
