@@ -262,7 +262,7 @@ def banner(stack: Stack) -> str:
     adx_key = f"{stack.vault_url('kv-contoso-prod-weu')}/keys/cmk-adx"
     cosmos_key = f"{stack.vault_url('kv-contoso-prod-weu')}/keys/cmk-cosmos"
     adx_now = current_version(stack, "kv-contoso-prod-weu", "cmk-adx")
-    sandbox_now = str(stack.admin("GET", "/sandbox/clock")["now"])
+    sandbox_now = str(stack.admin("GET", "/sandbox/clock")["now"])[:19].replace("T", " ") + " UTC"
     hdr = principal_header("oncall@contoso.example", "11111111-2222-3333-4444-555555555555",
                            ["KeySteward.Read", "KeySteward.Revoke", "KeySteward.Restore"])
     # The console script installed beside this interpreter (.venv/bin/keysteward under `make run`).
@@ -284,8 +284,8 @@ below from this folder ({ROOT}).
   settings         {stack.rel(stack.settings_file)}
 
 Clock: the sandbox has its own clock, set by the demo estate and running at wall-clock speed
-(now {sandbox_now}). The host's timers, the CLI and every time keysteward prints use it; log
-lines in {stack.rel(stack.run_dir)}/*.log carry wall-clock (UTC) times. Move the sandbox clock forward with
+(now {sandbox_now}). The host's timers, the CLI and every time keysteward prints use it;
+log lines in {stack.rel(stack.run_dir)}/*.log carry wall-clock (UTC) times. Move the sandbox clock with
   curl -s --cacert {ca} -X POST {admin}/sandbox/clock -H 'Content-Type: application/json' -d '{{"advance": "PT25H"}}'
 
 Try:
