@@ -8,10 +8,10 @@ the stack's folder (`terminal-*.txt`) for refreshing the README.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
-from pathlib import Path
 
 import pexpect
 import pytest
@@ -100,12 +100,14 @@ def test_status_plan_revoke_dry_run_and_reconcile_in_a_terminal(stack: Stack) ->
             assert header in block, f"README's terminal output lacks the {name} table {header!r}"
 
 
-def test_json_is_one_document_and_logs_stay_out_of_the_terminal(stack: Stack, tmp_path: Path) -> None:
+def test_json_is_one_document_and_logs_stay_out_of_the_terminal(stack: Stack) -> None:
+    log = ROOT / ".run" / "keysteward.log"  # the CLI runs from the project folder
+    before = log.stat().st_size if log.exists() else 0
     code, _raw, text = run_in_terminal(stack, "plan", "--json")
     assert code == 0
-    import json
-
-    doc = json.loads(text)
-    assert "plans" in doc
+    assert "plans" in json.loads(text)  # the terminal shows one JSON document and nothing else
+    assert log.exists() and log.stat().st_size > before  # the log lines went to the file
+    last = json.loads(log.read_text(encoding="utf-8").splitlines()[-1])
+    assert last["command"] == "plan" and last["timestamp"].endswith("Z")
     code, _raw, text = run_in_terminal(stack, "-v", "plan")
-    assert code == 0 and ("[info" in text or "info" in text.lower())  # -v: log lines on the terminal
+    assert code == 0 and re.search(r"\[(info|warning)\s*\]", text), text  # -v: log lines on the terminal
