@@ -189,13 +189,23 @@ def test_settings_required_by_the_app_are_binding_expressions():
 
 
 def test_the_development_host_applies_the_work_queue_default(tmp_path: Path):
-    from sandbox.host import build_host
-
+    # In a process of its own: an app's functions can be listed only once per process.
     env = {"AzureWebJobsStorage": "UseDevelopmentStorage=true", **REQUIRED,
            "KEYSTEWARD_ROTATION_SCHEDULE": "0 0 3 * * *", "KEYSTEWARD_RECONCILE_SCHEDULE": "0 */15 * * * *",
            "KEYSTEWARD_LOCAL_FUNCTION_KEY": "k1", "KEYSTEWARD_LOCAL_MASTER_KEY": "k2",
            "KEYSTEWARD_LOCAL_EVENTGRID_KEY": "k3"}
-    default = next(d for n, d in settings_rows() if n == "KEYSTEWARD_WORK_QUEUE")
-    host = build_host(settings=tmp_path / "absent.json", host_json=ROOT / "host.json", environ=env, port=0)
-    queues = [getattr(f.trigger, "queue_name", None) for f in host.functions]
-    assert _literal(default) in queues and env["KEYSTEWARD_WORK_QUEUE"] == _literal(default)
+    program = (
+        "import json, sys\n"
+        "from pathlib import Path\n"
+        "from sandbox.host import build_host\n"
+        "env = json.loads(sys.argv[1])\n"
+        "host = build_host(settings=Path(sys.argv[2]), host_json=Path('host.json'), environ=env, port=0)\n"
+        "print(json.dumps({'queues': [getattr(f.trigger, 'queue_name', None) for f in host.functions],\n"
+        "                  'setting': env.get('KEYSTEWARD_WORK_QUEUE')}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", program, json.dumps(env), str(tmp_path / "absent.json")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    default = _literal(next(d for n, d in settings_rows() if n == "KEYSTEWARD_WORK_QUEUE"))
+    assert default in seen["queues"] and seen["setting"] == default
