@@ -1,49 +1,76 @@
 # keysteward: the commands a developer and CI use. `make test` is the test command.
+#
+# Every target builds what it needs first: .venv (from $(PYTHON), 3.11 or later), the Python
+# packages (requirements-dev.txt and the project itself) and the Node tools (Azurite, from
+# package.json). Each install runs again only when its inputs change: the stamp files are
+# named after a checksum of those inputs, so a fresh clone's new file times do not count.
+#
+# Variables (`make test TESTS=tests/cli PYTEST_ARGS=-x`):
+#   TESTS        what pytest collects (default: tests). CI's clean-clone check uses a fast subset.
+#   PYTEST_ARGS  pytest options (default: -n 2 --dist loadfile, two workers)
+#   PYTHON       the interpreter that creates .venv (default: python3)
+#   VENV         the virtual environment (default: .venv); the suite runs with its python
 PYTHON ?= python3
-PYTEST ?= $(PYTHON) -m pytest
-
-.PHONY: install test test-fast lint bench soak run demo clean
-
-install:
-	$(PYTHON) -m pip install -q -r requirements-dev.txt
-	$(PYTHON) -m pip install -q --no-deps -e .
-	npm install --no-audit --no-fund --silent
-
-test:
-	$(PYTEST) tests -n 2 --dist loadfile
-
-test-fast:
-	$(PYTEST) tests -x -q -m "not loopback and not azurite"
-
-lint:
-	$(PYTHON) -m ruff check .
-	$(PYTHON) -m mypy
-	lint-imports
-
-bench:
-	$(PYTHON) -m benchmarks.run
-
-soak:
-	KEYSTEWARD_SOAK_SEEDS=$${KEYSTEWARD_SOAK_SEEDS:-2000} $(PYTEST) tests/soak -q -n 2 --dist load
-
-# `make run` / `make demo` work on a fresh machine with Python 3.11 and Node: they create .venv.
 VENV ?= .venv
-VPY = $(VENV)/bin/python
+VPY := $(VENV)/bin/python
+TESTS ?= tests
+PYTEST_ARGS ?= -n 2 --dist loadfile
 
-$(VPY): requirements.txt requirements-dev.txt
-	$(PYTHON) -m venv $(VENV)
-	$(VPY) -m pip install -q -r requirements-dev.txt
-	$(VPY) -m pip install -q --no-deps -e .
-	touch $(VPY)
+PIP_INPUTS := requirements.txt requirements-dev.txt pyproject.toml
+NPM_INPUTS := package.json package-lock.json
+PIP_STAMP := $(VENV)/.installed-$(shell cat $(PIP_INPUTS) | cksum | cut -d' ' -f1)
+NPM_STAMP := node_modules/.installed-$(shell cat $(NPM_INPUTS) | cksum | cut -d' ' -f1)
 
-node_modules/.bin/azurite: package.json
-	npm install --no-audit --no-fund --silent
+.PHONY: deps install test test-fast lint bench soak run demo clean
 
-run: $(VPY) node_modules/.bin/azurite
+deps: $(PIP_STAMP) $(NPM_STAMP)
+
+install: deps
+
+test: deps
+	$(VPY) -m pytest $(TESTS) $(PYTEST_ARGS)
+
+test-fast: $(PIP_STAMP)
+	$(VPY) -m pytest tests -x -q -m "not loopback and not azurite and not cleanclone"
+
+lint: $(PIP_STAMP)
+	$(VPY) -m ruff check .
+	$(VPY) -m mypy
+	$(VENV)/bin/lint-imports
+
+bench: $(PIP_STAMP)
+	$(VPY) -m benchmarks.run
+
+soak: deps
+	KEYSTEWARD_SOAK_SEEDS=$${KEYSTEWARD_SOAK_SEEDS:-2000} $(VPY) -m pytest tests/soak -q -n 2 --dist load
+
+run: deps
+	@echo "==> starting Azurite, the sandbox (demo estate) and the Functions host (logs in .run/)"
 	$(VPY) -m scripts.stack run
 
-demo: $(VPY) node_modules/.bin/azurite
+demo: deps
 	$(VPY) -m scripts.demo
+
+$(VPY):
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || \
+	  { echo "keysteward needs Python 3.11 or later: PYTHON=$(PYTHON) is not" >&2; exit 1; }
+	@echo "==> creating $(VENV) with $$($(PYTHON) -c 'import sys; print(sys.executable, sys.version.split()[0])')"
+	$(PYTHON) -m venv $(VENV)
+
+# Order-only on the interpreter: recreating .venv removes the stamp with it.
+$(PIP_STAMP): | $(VPY)
+	@echo "==> installing Python packages into $(VENV) (requirements-dev.txt; about 40 s with pip's cache)"
+	$(VPY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+	$(VPY) -m pip install -q --disable-pip-version-check --no-deps -e .
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+$(NPM_STAMP):
+	@command -v npm >/dev/null || { echo "keysteward needs Node.js (npm) for Azurite, the storage emulator" >&2; exit 1; }
+	@echo "==> installing the Node tools (Azurite, package.json; about 15 s with npm's cache)"
+	npm install --no-audit --no-fund --silent
+	@rm -f node_modules/.installed-*
+	@touch $@
 
 clean:
 	rm -rf .run .azurite .mypy_cache .ruff_cache .pytest_cache

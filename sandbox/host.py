@@ -99,6 +99,19 @@ MASTER_KEY_SETTING = "KEYSTEWARD_LOCAL_MASTER_KEY"
 EVENTGRID_KEY_SETTING = "KEYSTEWARD_LOCAL_EVENTGRID_KEY"
 SANDBOX_SETTING = "KEYSTEWARD_SANDBOX"
 TIME_ZONE_SETTING = "WEBSITE_TIME_ZONE"
+
+
+def _app_setting_defaults() -> dict[str, str]:
+    """App settings this host fills in when unset, before binding expressions are resolved:
+    the documented defaults of settings that ``function_app.py`` names in ``%SETTING%``
+    expressions (README, Configuration reference). The real Functions host has no such
+    defaults; in Azure, infra/azuredeploy.json sets them (parameter ``workQueueName``)."""
+    from dataclasses import fields  # noqa: PLC0415 - used once, at start
+
+    from shared.config import Settings  # noqa: PLC0415 - the app's own defaults, one source
+
+    default = {f.name: f.default for f in fields(Settings)}["work_queue"]
+    return {"KEYSTEWARD_WORK_QUEUE": str(default)}
 EVENTGRID_WEBHOOK_PATH = "/runtime/webhooks/eventgrid"
 DEFAULT_STORAGE_SETTING = "AzureWebJobsStorage"
 
@@ -1671,6 +1684,8 @@ def build_host(
     local = load_local_settings(settings, env)
     if not local.found:
         LOG.warning("%s not found; using the environment only", settings)
+    for name, value in _app_setting_defaults().items():
+        env.setdefault(name, value)
     config = load_host_json(host_json, env)
     zone = _time_zone(env)
     functions = load_functions(import_app(app, attribute), environ=env, host_retry=config.retry, zone=zone)

@@ -10,9 +10,12 @@ SDK calls to the sandbox, HTTP to the host, the CLI. Exits 0 when every step hel
 from __future__ import annotations
 
 import json
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import requests
@@ -21,7 +24,7 @@ from azure.keyvault.keys import KeyClient
 from azure.mgmt.cosmosdb import CosmosDBManagementClient
 from azure.mgmt.kusto import KustoManagementClient
 
-from scripts.stack import Stack, principal_header
+from scripts.stack import RUN, Stack, principal_header
 
 SUB_PROD = "00000000-0000-0000-0000-00000000a001"
 T0 = time.monotonic()
@@ -155,8 +158,14 @@ class Demo:
         return doc if doc.get("status") not in ("running", "pending-approval") else None
 
 
-def main() -> int:
-    stack = Stack(port=int(sys.argv[1]) if len(sys.argv) > 1 else 7071)
+def main(argv: list[str]) -> int:
+    """``python -m scripts.demo [--free-ports]``: the story on the well-known ports (7071 and
+    Azurite's), or with ``--free-ports`` on ports the OS reports free (tests run beside it)."""
+    if "--free-ports" in argv:
+        # Its own folder too, so that a `make run` beside it keeps its .run/.
+        stack = Stack.on_free_ports(run_dir=Path(tempfile.mkdtemp(prefix="keysteward-demo-")))
+    else:
+        stack = Stack()
     try:
         step("starting Azurite, the sandbox (demo estate) and the Functions host")
         stack.start()
@@ -168,11 +177,13 @@ def main() -> int:
         for name in ("host", "sandbox"):
             log = stack.settings_file.parent / f"{name}.log"
             if log.exists():
-                print(f"--- last lines of .run/{name}.log ---\n" + "\n".join(log.read_text().splitlines()[-30:]))
+                print(f"--- last lines of {log} ---\n" + "\n".join(log.read_text().splitlines()[-30:]))
         return 1
     finally:
         stack.stop()
+        if stack.run_dir != RUN:
+            shutil.rmtree(stack.run_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -34,8 +34,40 @@ KEY_EVENTS = [
     "Microsoft.KeyVault.KeyNearExpiry",
     "Microsoft.KeyVault.KeyExpired",
 ]
-# Azurite's default ports: "UseDevelopmentStorage=true" points there.
+# Azurite's default ports (blob, queue, table), used by `make run` when they are free. The stack
+# always hands the host an explicit connection string, so any free ports work as well (tests).
 AZURITE_PORTS = (10000, 10001, 10002)
+# Azurite's own flags, everywhere it is started (the stack, tests/azurite.py, the soak test):
+# in memory, loopback only, and no telemetry: Azurite otherwise reports usage to an Application
+# Insights endpoint, and the local stack must never depend on, or talk to, the network.
+AZURITE_FLAGS = ("--silent", "--inMemoryPersistence", "--skipApiVersionCheck", "--loose", "--disableTelemetry")
+LOOPBACK = "127.0.0.1"
+# Azurite's well-known development account and key (public, documented); not a secret.
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+
+def azurite_argv(binary: str, ports: tuple[int, int, int], *extra: str) -> list[str]:
+    """The command line that starts Azurite on loopback ``ports`` (blob, queue, table)."""
+    blob, queue, table = ports
+    return [binary, *AZURITE_FLAGS,
+            "--blobHost", LOOPBACK, "--blobPort", str(blob), "--queueHost", LOOPBACK, "--queuePort", str(queue),
+            "--tableHost", LOOPBACK, "--tablePort", str(table), *extra]
+
+
+def azurite_connection_string(ports: tuple[int, int, int]) -> str:
+    blob, queue, table = ports
+    base = f"http://{LOOPBACK}"
+    return (f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
+            f"BlobEndpoint={base}:{blob}/{AZURITE_ACCOUNT};QueueEndpoint={base}:{queue}/{AZURITE_ACCOUNT};"
+            f"TableEndpoint={base}:{table}/{AZURITE_ACCOUNT};")
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on now (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return int(s.getsockname()[1])
 
 
 def principal_header(name: str, oid: str, roles: list[str]) -> str:
@@ -54,7 +86,7 @@ def _port_free(port: int) -> bool:
         # Servers bind with SO_REUSEADDR: connections in TIME_WAIT from an earlier run do not count.
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            s.bind(("127.0.0.1", port))
+            s.bind((LOOPBACK, port))
         except OSError:
             return False
         return True
@@ -67,53 +99,83 @@ def _wait(what: str, probe: Any, timeout: float = 60.0) -> None:
             if probe():
                 return
         time.sleep(0.2)
-    raise RuntimeError(f"{what} did not come up within {timeout:.0f} s (logs in {RUN})")
+    raise RuntimeError(f"{what} did not come up within {timeout:.0f} s (logs in {RUN} or the stack's run_dir)")
+
+
+def say(text: str) -> None:
+    """What the stack is doing, while it does it (stderr, so that stdout stays the banner)."""
+    print(f"==> {text}", file=sys.stderr, flush=True)
 
 
 @dataclass
 class Stack:
+    """The local stack. ``port`` is the host's; ``azurite_ports`` (blob, queue, table) default
+    to Azurite's well-known ports. Tests pass free ports for both (:meth:`on_free_ports`)."""
+
     port: int = 7071
     clock: str = "real"
+    azurite_ports: tuple[int, int, int] = AZURITE_PORTS
+    quiet: bool = False
+    run_dir: Path = RUN  # logs, the connection and settings files, the sandbox's CA
+    with_host: bool = True  # False: Azurite and the sandbox only (the CLI needs no host)
     procs: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
     conn: dict[str, Any] = field(default_factory=dict)
     keys: dict[str, str] = field(default_factory=dict)
 
     # ---- lifecycle ----------------------------------------------------------------------------
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
-        log = (RUN / f"{name}.log").open("wb")
+        log = (self.run_dir / f"{name}.log").open("wb")
         proc = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,  # noqa: S603
                                 env={**os.environ, **(env or {})}, start_new_session=True)
         self.procs.append((name, proc))
 
+    @classmethod
+    def on_free_ports(cls, **kwargs: Any) -> Stack:
+        """A stack whose every listener (host, Azurite) takes a port the OS reports free."""
+        return cls(port=free_port(), azurite_ports=(free_port(), free_port(), free_port()), **kwargs)
+
+    def rel(self, path: Path) -> str:
+        """``path`` as typed from the project folder (relative under it, absolute elsewhere)."""
+        return os.path.relpath(path, ROOT) if path.is_relative_to(ROOT) else str(path)
+
+    def _say(self, text: str) -> None:
+        if not self.quiet:
+            say(text)
+
     def start(self) -> None:
-        RUN.mkdir(exist_ok=True)
-        busy = [p for p in (*AZURITE_PORTS, self.port) if not _port_free(p)]
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        busy = [p for p in (*self.azurite_ports, self.port) if not _port_free(p)]
         if busy:
             raise RuntimeError(f"ports in use: {busy} (is another stack running? `make clean` does not stop it)")
         azurite = ROOT / "node_modules" / ".bin" / "azurite"
         if not azurite.exists():
-            raise RuntimeError("Azurite is missing: run `npm install`")
-        self._spawn("azurite", [str(azurite), "--silent", "--inMemoryPersistence", "--skipApiVersionCheck",
-                                "--loose", "--blobHost", "127.0.0.1", "--queueHost", "127.0.0.1",
-                                "--tableHost", "127.0.0.1"])
-        conn_file = RUN / "sandbox.json"
+            raise RuntimeError("Azurite is missing: run `npm install` (or `make run`, which installs it)")
+        blob, queue, table = self.azurite_ports
+        self._say(f"starting Azurite (in memory, no telemetry) on {LOOPBACK}:{blob}/{queue}/{table}")
+        self._spawn("azurite", azurite_argv(str(azurite), self.azurite_ports))
+        conn_file = self.run_dir / "sandbox.json"
         conn_file.unlink(missing_ok=True)
+        self._say("starting the sandbox (a local Azure) with the demo estate: generating its CA and keys")
         self._spawn("sandbox", [sys.executable, "-m", "sandbox", "serve", "--seed", "sandbox/seeds/demo.json",
                                 "--connection-file", str(conn_file), "--clock", self.clock,
-                                "--workdir", str(RUN / "sandbox")])
+                                "--workdir", str(self.run_dir / "sandbox")])
         _wait("the sandbox", conn_file.exists)
         self.conn = json.loads(conn_file.read_text())
-        _wait("Azurite", lambda: not _port_free(AZURITE_PORTS[1]))
+        _wait("Azurite", lambda: not _port_free(queue))
         # Simulated services react in seconds so the story can be watched live.
         self.admin("POST", "/sandbox/services", {"usage_interval_s": 3, "versionless_lag_s": 10,
                                                   "cosmos_recovery_s": 15})
         self.admin("POST", "/sandbox/lro", {"duration_s": 3.0, "fail_rate": 0.0})
         self._write_settings()
+        if not self.with_host:
+            return
+        self._say(f"starting the Functions host on {self.host_url} (function_app.py)")
         self._spawn("host", [sys.executable, "-m", "sandbox.host", "--port", str(self.port),
-                             "--settings", str(RUN / "local.settings.json")])
+                             "--settings", str(self.settings_file)])
         _wait("the Functions host", lambda: requests.get(f"{self.host_url}/admin/host/ping", timeout=2).ok)
         webhook = (f"{self.host_url}/runtime/webhooks/eventgrid?functionName=on_key_vault_event"
                    f"&code={self.keys['eventgrid']}")
+        self._say("subscribing the host's Event Grid webhook to the sandbox's key events")
         self.admin("POST", "/sandbox/event-subscriptions",
                    {"endpoint": webhook, "schema": "EventGridSchema", "event_types": KEY_EVENTS})
 
@@ -133,11 +195,11 @@ class Stack:
     # ---- helpers --------------------------------------------------------------------------------
     @property
     def host_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{LOOPBACK}:{self.port}"
 
     @property
     def settings_file(self) -> Path:
-        return RUN / "local.settings.json"
+        return self.run_dir / "local.settings.json"
 
     def admin(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         url = self.conn["admin_url"].rstrip("/") + path
@@ -152,8 +214,8 @@ class Stack:
         self.keys = {k: secrets.token_urlsafe(24) for k in ("function", "master", "eventgrid")}
         values = {
             "FUNCTIONS_WORKER_RUNTIME": "python",
-            "AzureWebJobsStorage": "UseDevelopmentStorage=true",
-            "KEYSTEWARD_SANDBOX": str(RUN / "sandbox.json"),
+            "AzureWebJobsStorage": azurite_connection_string(self.azurite_ports),
+            "KEYSTEWARD_SANDBOX": str(self.run_dir / "sandbox.json"),
             "KEYSTEWARD_SUBSCRIPTIONS": ",".join(self.conn["subscriptions"]),
             "KEYSTEWARD_VAULTS": ",".join(DEMO_VAULTS),
             "KEYSTEWARD_WORK_QUEUE": "keysteward-work",
@@ -178,47 +240,79 @@ class Stack:
         return done
 
 
+def current_version(stack: Stack, vault: str, key: str) -> str:
+    """The key's current version id, read from the sandbox's Key Vault data plane (REST
+    ``GET {vault}/keys/{name}``, api-version as the SDK sends it)."""
+    from azure.core.credentials import AccessToken  # noqa: PLC0415 - the banner only
+    from azure.keyvault.keys import KeyClient  # noqa: PLC0415
+
+    class _Token:
+        def get_token(self, *_scopes: str, **_kw: Any) -> AccessToken:
+            return AccessToken("local-stack", int(time.time()) + 3600)
+
+    client = KeyClient(stack.vault_url(vault), _Token(), verify_challenge_resource=False,
+                       connection_verify=stack.conn["ca_bundle"])
+    return str(client.get_key(key).properties.version)
+
+
 def banner(stack: Stack) -> str:
-    ca = stack.conn["ca_bundle"]
+    """What runs, and commands that paste and run as they are (every id filled in or captured)."""
+    ca = stack.rel(Path(stack.conn["ca_bundle"]))
     admin = stack.conn["admin_url"].rstrip("/")
     adx_key = f"{stack.vault_url('kv-contoso-prod-weu')}/keys/cmk-adx"
     cosmos_key = f"{stack.vault_url('kv-contoso-prod-weu')}/keys/cmk-cosmos"
+    adx_now = current_version(stack, "kv-contoso-prod-weu", "cmk-adx")
+    sandbox_now = str(stack.admin("GET", "/sandbox/clock")["now"])[:19].replace("T", " ") + " UTC"
     hdr = principal_header("oncall@contoso.example", "11111111-2222-3333-4444-555555555555",
                            ["KeySteward.Read", "KeySteward.Revoke", "KeySteward.Restore"])
     # The console script installed beside this interpreter (.venv/bin/keysteward under `make run`).
     script = Path(sys.executable).parent / "keysteward"
-    exe = os.path.relpath(script, ROOT) if script.exists() else "keysteward"
-    ks = f"{exe} --settings {stack.settings_file.relative_to(ROOT)}"
+    exe = os.path.relpath(script, ROOT) if script.exists() else f"{sys.executable} -m shared.cli"
+    ks = f"{exe} --settings {stack.rel(stack.settings_file)}"
     api = f"{stack.host_url}/api"
     code = stack.keys["function"]
+    blob, queue, table = stack.azurite_ports
+    # The run id comes back in the 202 answer: the shell keeps it, so the later lines need no editing.
+    run_of = "python3 -c 'import json,sys; print(json.load(sys.stdin)[\"run\"])'"
+    revoke_body = f'{{"key": "{cosmos_key}", "mode": "disable", "reason": "drill", "ticket": "T-2"'
     return f"""
-keysteward local stack is running (development only; Ctrl-C stops everything)
-  Functions host   {stack.host_url}   (logs: .run/host.log)
-  on-call page     http://127.0.0.1:7072/api/ui?code={stack.keys['function']}   (after: python -m scripts.easyauth)
+keysteward local stack is running (development only; Ctrl-C stops everything). Run the commands
+below from this folder ({ROOT}).
+  Functions host   {stack.host_url}   (logs: {stack.rel(stack.run_dir / 'host.log')})
+  on-call page     http://127.0.0.1:7072/api/ui?code={stack.keys['function']}
+                   (first start the sign-in stand-in: python -m scripts.easyauth --target {stack.host_url})
   sandbox ARM      {stack.conn['arm_url']}   admin: {admin}   CA: {ca}
-  Azurite          queues 127.0.0.1:10001, tables 127.0.0.1:10002
-  settings         {stack.settings_file.relative_to(ROOT)}
+  Azurite          blobs {LOOPBACK}:{blob}, queues {LOOPBACK}:{queue}, tables {LOOPBACK}:{table} (no telemetry)
+  settings         {stack.rel(stack.settings_file)}
+
+Clock: the sandbox has its own clock, set by the demo estate and running at wall-clock speed
+(now {sandbox_now}). The host's timers, the CLI and every time keysteward prints use it;
+log lines in {stack.rel(stack.run_dir)}/*.log carry wall-clock (UTC) times. Move the sandbox clock with
+  curl -s --cacert {ca} -X POST {admin}/sandbox/clock -H 'Content-Type: application/json' -d '{{"advance": "PT25H"}}'
 
 Try:
-  # rotate a key: the sandbox emits KeyNewVersionCreated, the host moves the pinned clusters
-  {ks} rotate --key {adx_key}
+  # every version of a key, who uses it, and whether it may be disabled (version ids are here)
   {ks} status --key {adx_key}
-  # a plan of what is out of date, and the preflight check
+  # rotate: the sandbox emits KeyNewVersionCreated and the host moves the pinned clusters
+  {ks} rotate --key {adx_key}
   {ks} plan
   {ks} check
-  # an early disable of the previous version is refused (24 h rule)
-  {ks} disable --key {adx_key}/<old-version> --reason cleanup --ticket T-1
-  # move the sandbox clock 25 hours
-  curl --cacert {ca} -X POST {admin}/sandbox/clock -H 'Content-Type: application/json' -d '{{"advance": "PT25H"}}'
-  # revoke (dry run first) and restore over HTTP
+  # disabling the version that was current before that rotate is refused (24-hour rule)
+  {ks} disable --key {adx_key}/{adx_now} --reason cleanup --ticket T-1
+  # 25 hours later (the curl above) it is allowed: run the disable again
+  # revoke: the blast radius first, then for real; restore; the runbook's journal
+  {ks} revoke --key {cosmos_key} --mode disable --reason drill --ticket T-2 --dry-run
+  {ks} runs
+  # the same over HTTP, as on-call tooling calls it
   export P={hdr}
   curl -s -X POST '{api}/revoke?code={code}' -H "X-MS-CLIENT-PRINCIPAL: $P" \\
-       -d '{{"key": "{cosmos_key}", "mode": "disable", "reason": "drill", "ticket": "T-2", "dryRun": true}}'
-  curl -s -X POST '{api}/revoke?code={code}' -H "X-MS-CLIENT-PRINCIPAL: $P" \\
-       -d '{{"key": "{cosmos_key}", "mode": "disable", "reason": "drill", "ticket": "T-2", "dryRun": false}}'
-  curl -s '{api}/runs/<run-id>?code={code}' -H "X-MS-CLIENT-PRINCIPAL: $P"
+       -d '{revoke_body}, "dryRun": true}}'
+  RUN=$(curl -s -X POST '{api}/revoke?code={code}' -H "X-MS-CLIENT-PRINCIPAL: $P" \\
+       -d '{revoke_body}, "dryRun": false}}' | {run_of})
+  curl -s "{api}/runs/$RUN?code={code}" -H "X-MS-CLIENT-PRINCIPAL: $P"
+  {ks} resume "$RUN"
   curl -s -X POST '{api}/restore?code={code}' -H "X-MS-CLIENT-PRINCIPAL: $P" \\
-       -d '{{"run": "<run-id>", "reason": "drill over", "ticket": "T-2"}}'
+       -d '{{"run": "'"$RUN"'", "reason": "drill over", "ticket": "T-2"}}'
 """
 
 
@@ -227,6 +321,12 @@ def main(argv: list[str]) -> int:
         print("usage: python -m scripts.stack run", file=sys.stderr)
         return 2
     stack = Stack()
+    busy = [p for p in (stack.port, *stack.azurite_ports) if not _port_free(p)]
+    if busy:
+        # Another stack (or anything else) holds the usual ports: the banner carries the real ones.
+        stack = Stack.on_free_ports()
+        say(f"ports {', '.join(map(str, busy))} are in use: the host takes {stack.port}, Azurite "
+            f"{'/'.join(map(str, stack.azurite_ports))}")
     stopping = False
 
     def on_signal(_sig: int, _frame: object) -> None:
@@ -237,6 +337,7 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     try:
         stack.start()
+        say("ready")
         print(banner(stack), flush=True)
         while not stopping:
             for name, proc in stack.procs:

@@ -14,24 +14,45 @@ from __future__ import annotations
 
 import argparse
 import getpass
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from datetime import timedelta
 from typing import Any, Protocol
 
+from rich.console import RenderableType
+
 from shared.app import Keysteward
 from shared.auth import ROLE_READ, ROLE_RESTORE, ROLE_REVOKE, Principal
+from shared.clirender import duration, record_text, short_id, subscription_of, table, when
 from shared.keyuri import parse_key_uri
 from shared.runbooks import MODES, RestoreRequest, RevokeRequest, RunView, resume_unfinished, runbooks_for
 
 EXIT_OK, EXIT_PROBLEM = 0, 1
 # Beyond the verify deadline itself: time for the acting steps and the last poll.
 _WAIT_MARGIN = timedelta(minutes=2)
+# How long each resume call may poll before the progress display is refreshed: the runbooks'
+# verify interval (30 s), so that showing progress never makes the services polled more often.
+_POLL_SLICE = timedelta(seconds=30)
+
+_VAULT = "https://kv-contoso-prod-weu.vault.azure.net"
+EXAMPLES: dict[str, str] = {
+    "revoke": f"keysteward revoke --key {_VAULT}/keys/cmk-cosmos --mode disable --reason 'key compromise' "
+              "--ticket SEC-202 --dry-run",
+    "restore": "keysteward restore --run RUN_ID --reason 'drill over' --ticket SEC-202   "
+               "(RUN_ID: see `keysteward runs`)",
+    "runs": f"keysteward runs --key {_VAULT}/keys/cmk-cosmos",
+    "resume": "keysteward resume          (every unfinished run; or `keysteward resume RUN_ID`)",
+}
 
 
 class Out(Protocol):
     as_json: bool
+    clock_name: str
+    interactive: bool  # a person at a terminal: show progress
 
-    def emit(self, doc: Any, lines: Callable[[], list[str]]) -> None: ...
+    def emit(self, doc: Any, render: Callable[[], Sequence[RenderableType]]) -> None: ...
+
+    def progress(self, text: str, *, total: float | None) -> AbstractContextManager[Callable[..., None]]: ...
 
 
 def cli_principal() -> Principal:
@@ -47,20 +68,31 @@ def _budget(app: Keysteward, args: argparse.Namespace) -> timedelta:
     return timedelta(0) if args.no_wait else app.settings.verify_deadline + _WAIT_MARGIN
 
 
-def view_lines(view: RunView) -> list[str]:
+def _result_text(result: Any) -> str:
+    """A step's or run's result as ``name: value`` pairs, records counted, never a Python repr."""
+    return record_text(result) if result not in (None, "", {}) else ""
+
+
+def view_lines(view: RunView, clock: str = "UTC wall clock") -> list[RenderableType]:
+    """A run: who, why, its status, then its steps as a table (times in ``clock``)."""
     run = view.run
-    head = f"{run.run_id}  {run.kind} {run.key}  {run.status}"
+    head = f"run {run.run_id}: {run.kind} {run.key}: {run.status}"
     if view.waiting:
         head += f" (waiting: {view.waiting})"
     if view.duplicate:
         head += " (already restored by this run)"
-    lines = [head, f"  by {run.caller_name} ({run.caller_oid}); reason: {run.reason}; ticket: {run.ticket}"]
+    lines: list[RenderableType] = [
+        head, f"  by {run.caller_name} ({run.caller_oid}); reason: {run.reason}; ticket: {run.ticket}"]
+    steps = table("#", "step", "status", "attempt", "finished", "took", "result")
     for step in view.steps:
-        when = step.finished.isoformat() if step.finished else "-"
-        lines.append(f"  {step.index + 1}. {step.name:<9} {step.status:<10} attempt {step.attempt}  {when}"
-                     + (f"  error: {step.error}" if step.error else ""))
+        took = duration(step.finished - step.started) if step.finished else "-"
+        steps.add_row(str(step.index + 1), step.name, step.status, str(step.attempt), when(step.finished), took,
+                      (f"error: {step.error}" if step.error else _result_text(step.result)))
+    if view.steps:
+        lines.append(steps)
     if run.result:
-        lines.append(f"  result: {run.result}")
+        lines.append(f"  result: {_result_text(run.result)}")
+    lines.append(f"times: {clock}")
     return lines
 
 
@@ -68,32 +100,89 @@ def _exit(view: RunView) -> int:
     return EXIT_PROBLEM if view.run.status in ("failed", "partially-succeeded") else EXIT_OK
 
 
+def blast_radius_lines(plan: dict[str, Any]) -> list[RenderableType]:
+    """The dry run as people read it: every binding grouped by service and subscription, with
+    the version it uses and whether the revocation reaches it; counts; then what would change."""
+    summary = plan["summary"]
+    rows = [*plan["bindings"], *[{**b, "affected": "collateral"} for b in plan["collateral"]]]
+    reached = {"yes": "yes", "maybe": "maybe (versionless, version unknown)", "no": "no",
+               "collateral": "yes (same identity, other key)"}
+    lines: list[RenderableType] = [
+        f"dry run: revoke ({plan['mode']}) {plan['key']}: {summary['affected']} of {len(plan['bindings'])} "
+        f"binding(s) reached" + (f", {len(plan['collateral'])} collateral" if plan["collateral"] else "")]
+    grid = table("service", "subscription", "resource", "version", "reached?")
+    ordered = sorted(rows, key=lambda b: (str(b["service"]), str(b.get("subscription") or ""), str(b["resourceId"])))
+    def group(b: dict[str, Any]) -> tuple[str, str]:
+        return str(b["service"]), str(b.get("subscription") or subscription_of(str(b["resourceId"])))
+
+    for i, b in enumerate(ordered):
+        first = i == 0 or group(ordered[i - 1]) != group(b)
+        last = i + 1 == len(ordered) or group(ordered[i + 1]) != group(b)
+        service, subscription = group(b) if first else ("", "")
+        grid.add_row(service, subscription, short_id(str(b["resourceId"])), str(b.get("version") or "versionless"),
+                     reached.get(str(b["affected"]), str(b["affected"])), end_section=last)
+    if ordered:
+        lines.append(grid)
+    counts = table("count by", "", "reached")
+    for label, key in (("service", "byService"), ("subscription", "bySubscription"), ("version", "byVersion")):
+        for name, n in sorted(summary.get(key, {}).items()):
+            counts.add_row(label, str(name), str(n))
+    if summary.get("byService"):
+        lines.append(counts)
+    changes = plan["changes"]
+    if "disable" in changes:
+        lines.append(f"would disable: {', '.join(changes['disable']) or 'nothing'}; "
+                     f"already disabled: {', '.join(changes['alreadyDisabled']) or 'none'}")
+    else:
+        entries = changes.get("removeAccess") or []
+        lines.append(f"would remove {len(entries)} access polic(y/ies) from {changes.get('vault')}")
+        for e in entries:
+            lines.append(f"  - {record_text(e)}")
+    if plan.get("needsApproval"):
+        lines.append("needs a second approver (two-person rule) unless --emergency")
+    lines.append("nothing was changed (dry run)")
+    return lines
+
+
+def _drive(app: Keysteward, view: RunView, args: argparse.Namespace, out: Out) -> RunView:
+    """Waits for verification of a started run, with progress: the run is resumed in short
+    slices until it leaves ``running`` or the verify deadline (plus margin) passes."""
+    if args.no_wait or view.run.status != "running":
+        return view
+    books = runbooks_for(app)
+    if not out.interactive:
+        # No one watches: one call that waits the whole budget (fewest journal round trips).
+        return books.resume(view.run.run_id, budget=_budget(app, args))
+    # The budget is of the app's clock, as the runbooks count it (the sandbox's, in sandbox mode).
+    end = app.clock.now() + _budget(app, args)
+    total = max(len(view.steps), 1)
+    label = f"{view.run.kind} {view.run.run_id}: verifying (deadline {duration(app.settings.verify_deadline)})"
+    with out.progress(label, total=total) as update:
+        while view.run.status == "running" and (left := end - app.clock.now()) > timedelta(0):
+            done = sum(1 for s in view.steps if s.finished)
+            update(completed=done, total=max(len(view.steps), total))
+            view = books.resume(view.run.run_id, budget=min(_POLL_SLICE, left))
+        update(completed=len(view.steps), total=max(len(view.steps), 1))
+    return view
+
+
 def cmd_revoke(app: Keysteward, args: argparse.Namespace, out: Out) -> int:
     key = parse_key_uri(args.key, allowed_vaults=app.settings.vaults)
     books = runbooks_for(app)
     if args.dry_run:
         plan = books.plan(key, args.mode)
-
-        def plan_lines() -> list[str]:
-            lines = [f"dry run: {args.mode} {key}: {plan['summary']['affected']} binding(s) affected"]
-            lines += [f"  {b['affected']:<10} {b['service']:<7} {b['version'] or 'versionless'}  {b['resourceId']}"
-                      for b in plan["bindings"]]
-            lines += [f"  collateral {b['service']:<7} {b['key']}  {b['resourceId']}" for b in plan["collateral"]]
-            lines.append(f"  changes: {plan['changes']}")
-            return lines
-
-        out.emit(plan, plan_lines)
+        out.emit(plan, lambda: blast_radius_lines(plan))
         return EXIT_OK
     request = RevokeRequest(key=key, mode=args.mode, reason=args.reason, ticket=args.ticket, emergency=args.emergency)
-    view = books.revoke(request, cli_principal(), budget=_budget(app, args))
-    out.emit(view.as_dict(), lambda: view_lines(view))
+    view = _drive(app, books.revoke(request, cli_principal(), budget=timedelta(0)), args, out)
+    out.emit(view.as_dict(), lambda: view_lines(view, out.clock_name))
     return _exit(view)
 
 
 def cmd_restore(app: Keysteward, args: argparse.Namespace, out: Out) -> int:
     request = RestoreRequest(run_id=args.run, reason=args.reason, ticket=args.ticket)
-    view = runbooks_for(app).restore(request, cli_principal(), budget=_budget(app, args))
-    out.emit(view.as_dict(), lambda: view_lines(view))
+    view = _drive(app, runbooks_for(app).restore(request, cli_principal(), budget=timedelta(0)), args, out)
+    out.emit(view.as_dict(), lambda: view_lines(view, out.clock_name))
     return _exit(view)
 
 
@@ -101,25 +190,36 @@ def cmd_runs(app: Keysteward, args: argparse.Namespace, out: Out) -> int:
     books = runbooks_for(app)
     if args.run:
         view = books.get(args.run)
-        out.emit(view.as_dict(), lambda: view_lines(view))
+        out.emit(view.as_dict(), lambda: view_lines(view, out.clock_name))
         return EXIT_OK
     key = parse_key_uri(args.key, allowed_vaults=app.settings.vaults) if args.key else None
     runs = books.runs(key, limit=args.limit)
     doc = {"runs": [{"run": r.run_id, "kind": r.kind, "key": r.key, "status": r.status,
                      "caller": r.caller_name, "ticket": r.ticket, "created": r.created.isoformat()} for r in runs]}
-    out.emit(doc, lambda: [f"{r.run_id}  {r.kind:<7} {r.status:<19} {r.key}  {r.ticket}" for r in runs])
+
+    def render() -> list[RenderableType]:
+        if not runs:
+            return ["no runs"]
+        rows = table("run", "kind", "status", "key", "ticket", "by", "created")
+        for r in runs:
+            rows.add_row(r.run_id, r.kind, r.status, r.key, r.ticket, r.caller_name, when(r.created))
+        return [rows, f"times: {out.clock_name}; `keysteward runs --run RUN` shows one with its steps"]
+
+    out.emit(doc, render)
     return EXIT_OK
 
 
 def cmd_resume(app: Keysteward, args: argparse.Namespace, out: Out) -> int:
     if args.run:
-        view = runbooks_for(app).resume(args.run, budget=_budget(app, args))
-        out.emit(view.as_dict(), lambda: view_lines(view))
+        view = runbooks_for(app).resume(args.run, budget=timedelta(0))
+        view = _drive(app, view, args, out)
+        out.emit(view.as_dict(), lambda: view_lines(view, out.clock_name))
         return _exit(view)
     report = resume_unfinished(app, budget=_budget(app, args))
     doc = {"runs": [v.as_dict() for v in report.views], "errors": report.errors}
-    out.emit(doc, lambda: [ln for v in report.views for ln in view_lines(v)]
-             + [f"error: {rid}: {e}" for rid, e in report.errors.items()])
+    out.emit(doc, lambda: [*(ln for v in report.views for ln in view_lines(v, out.clock_name)),
+                           *(f"error: {rid}: {e}" for rid, e in report.errors.items())]
+             or ["no unfinished runs"])
     return EXIT_PROBLEM if report.errors or any(_exit(v) for v in report.views) else EXIT_OK
 
 
@@ -154,4 +254,4 @@ HANDLERS: dict[str, Callable[[Keysteward, argparse.Namespace, Any], int]] = {
     "resume": cmd_resume,
 }
 
-__all__ = ["HANDLERS", "add_commands", "cli_principal", "view_lines"]
+__all__ = ["EXAMPLES", "HANDLERS", "add_commands", "blast_radius_lines", "cli_principal", "view_lines"]

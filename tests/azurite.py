@@ -12,10 +12,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from scripts.stack import AZURITE_ACCOUNT, AZURITE_KEY, azurite_argv
+
 ROOT = Path(__file__).resolve().parent.parent
-ACCOUNT = "devstoreaccount1"
-# Azurite's well-known development key (public, documented); not a secret.
-ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+ACCOUNT = AZURITE_ACCOUNT
+ACCOUNT_KEY = AZURITE_KEY  # Azurite's well-known development key (public, documented); not a secret
 
 
 @dataclass(frozen=True)
@@ -75,12 +76,7 @@ def running_azurite(tls: tuple[Path, Path] | None = None) -> Iterator[tuple[Azur
     extra = ["--oauth", "basic", "--cert", str(tls[0]), "--key", str(tls[1])] if tls else []
     workdir = tempfile.mkdtemp(prefix="azurite-")  # debug log and any extent files
     proc = subprocess.Popen(
-        [
-            binary, "--silent", "--inMemoryPersistence", "--skipApiVersionCheck", "--loose",
-            "--blobHost", "127.0.0.1", "--blobPort", str(ports.blob_port),
-            "--queueHost", "127.0.0.1", "--queuePort", str(ports.queue_port),
-            "--tableHost", "127.0.0.1", "--tablePort", str(ports.table_port), *extra,
-        ],
+        azurite_argv(binary, (ports.blob_port, ports.queue_port, ports.table_port), *extra),
         cwd=workdir,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -4,7 +4,6 @@ sandbox over loopback HTTPS, the development host), as separate processes."""
 from __future__ import annotations
 
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,15 +16,10 @@ STEPS = ["1. rotate", "2. pinned services follow", "3. early disable refused", "
          "7. restore", "8. services healthy", "demo complete: every step held"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.azurite
 def test_demo_story_runs_end_to_end():
-    done = subprocess.run([sys.executable, "-m", "scripts.demo", str(_free_port())], cwd=ROOT,
+    # Free ports for every listener (host and Azurite): other tests run beside this one.
+    done = subprocess.run([sys.executable, "-m", "scripts.demo", "--free-ports"], cwd=ROOT,
                           capture_output=True, text=True, timeout=600, check=False)
     out = done.stdout + done.stderr
     assert done.returncode == 0, out[-4000:]

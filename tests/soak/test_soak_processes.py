@@ -28,7 +28,7 @@ import pytest
 import requests
 
 from sandbox.transport import StaticTokenCredential
-from scripts.stack import KEY_EVENTS
+from scripts.stack import KEY_EVENTS, azurite_argv
 from shared.app import build
 from shared.config import load_settings
 from shared.journal import from_connection_string
@@ -101,10 +101,7 @@ class Stack:
         if binary is None:
             pytest.skip("Azurite is not installed (npm install)")
         p = self.ports
-        self.procs["azurite"] = Proc("azurite", [
-            binary, "--silent", "--inMemoryPersistence", "--skipApiVersionCheck", "--loose",
-            "--blobHost", "127.0.0.1", "--blobPort", str(p.blob_port), "--queueHost", "127.0.0.1",
-            "--queuePort", str(p.queue_port), "--tableHost", "127.0.0.1", "--tablePort", str(p.table_port)],
+        self.procs["azurite"] = Proc("azurite", azurite_argv(binary, (p.blob_port, p.queue_port, p.table_port)),
             self.tmp)
         deadline = time.monotonic() + 30
         for port in (p.queue_port, p.table_port):
