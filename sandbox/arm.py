@@ -19,8 +19,9 @@ Answers what the official management SDKs send (azure-mgmt-keyvault, -kusto, -co
   subset of KQL (see :func:`_parse_query`).
 
 Every request needs ``api-version`` (any value), is throttled per subscription (GET is a
-read, PUT/PATCH/POST/DELETE a write; a Resource Graph query counts as a read of the tenant),
-and carries the remaining-budget header. Paths are case-insensitive; absolute URLs are built
+read, PUT/PATCH/POST/DELETE a write) and carries the remaining-budget header; a Resource Graph
+query is metered per user by a quota per window and carries Resource Graph's quota headers.
+Paths are case-insensitive; absolute URLs are built
 from the host the client used.
 """
 
@@ -92,9 +93,23 @@ def handle(world: World, req: Request) -> Response:
         r"/providers/microsoft\.resourcegraph/resources/?", req.path, re.IGNORECASE
     )
     write = req.method not in ("GET", "HEAD") and not is_graph
-    granted, retry_after, headers = world.throttle.arm(
-        sub or f"tenant:{world.tenant_id}", write=write, now=world.clock.timestamp()
-    )
+    if is_graph:
+        # Resource Graph meters queries per user, not per subscription (sandbox/faults.py cites it).
+        granted, retry_after, headers = world.throttle.graph(
+            f"tenant:{world.tenant_id}", now=world.clock.timestamp()
+        )
+        if not granted:
+            return error_response(
+                429,
+                "RateLimiting",
+                "Please provide below info when asking for support: the client has exceeded its query quota. "
+                f"Please try again after {retry_after} seconds.",
+                {**headers, "Retry-After": str(retry_after)},
+            )
+    else:
+        granted, retry_after, headers = world.throttle.arm(
+            sub or f"tenant:{world.tenant_id}", write=write, now=world.clock.timestamp()
+        )
     if not granted:
         return error_response(
             429,

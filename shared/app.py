@@ -18,7 +18,7 @@ import structlog
 from azure.core.credentials import TokenCredential
 from azure.core.pipeline.transport import HttpTransport
 
-from shared.clients import ClientFactory, factory_for
+from shared.clients import ClientFactory, factory_for, pacer_for
 from shared.clock import Clock, RemoteSandboxClock, SystemClock
 from shared.config import Settings
 from shared.events import IgnoredEvent, KeyEventType, KeyVaultEvent
@@ -27,6 +27,7 @@ from shared.journal import Journal, MemoryJournal, from_connection_string, from_
 from shared.keyvault import KeyStore, SdkKeyStore
 from shared.model import Binding, KeyRef, ServiceType
 from shared.notify import EventGridNotifier, LogNotifier, Notifier, Outcome
+from shared.pacing import Pacer
 from shared.reconcile import PassResult, Reconciler, WriteBudget
 from shared.rotation import RotationResult, Rotator
 from shared.targets import Target, build_targets
@@ -212,6 +213,15 @@ def _clock_for(settings: Settings) -> Clock:
     return SystemClock()
 
 
+def _pacer_for(settings: Settings, clock: Clock) -> Pacer:
+    """ARM pacing on real time in Azure (and against a sandbox server, whose buckets refill in
+    real time); on the given clock otherwise (an in-process sandbox refills its buckets on its
+    own clock, which waiting on it moves)."""
+    if isinstance(clock, SystemClock | RemoteSandboxClock):
+        return pacer_for(settings)
+    return pacer_for(settings, sleep=clock.sleep, monotonic=lambda: clock.now().timestamp())
+
+
 def build(
     settings: Settings,
     *,
@@ -223,17 +233,19 @@ def build(
     polling_interval: float | None = None,
     budget: WriteBudget | None = None,
     journal: Journal | None = None,
+    pacer: Pacer | None = None,
 ) -> Keysteward:
     """Wires every dependency for ``settings``; what is passed in replaces the default.
 
-    ``budget`` replaces the ARM write budget built from the settings (it paces writes per
-    subscription; a benchmark passes one on the sandbox's clock). The work queue and the run
+    ``pacer`` replaces the adaptive ARM pacer built from the settings (:mod:`shared.pacing`;
+    a benchmark passes one on its simulated clock); ``budget`` adds a static write limit. The work queue and the run
     journal (a :class:`~shared.journal.TableJournal`, tables created on first use) go to the
     storage account of ``AzureWebJobsStorage``, by connection string or, when only the
     identity-based settings are given, with the app's credential; without either, to memory.
     """
+    clock = clock or _clock_for(settings)
     clients = factory_for(settings, transport_factory=transport_factory, credential=credential,
-                          polling_interval=polling_interval)
+                          polling_interval=polling_interval, pacer=pacer or _pacer_for(settings, clock))
     targets = build_targets(clients)
     inventory: Inventory = (
         ResourceGraphInventory(clients, targets) if settings.inventory == "resourcegraph" else ArmInventory(targets)
@@ -251,7 +263,6 @@ def build(
             queue = StorageWorkQueue.with_identity(settings.storage_queue_uri, settings.work_queue, clients.credential)
         else:
             queue = MemoryQueue()
-    clock = clock or _clock_for(settings)
     journal_source: Journal | Callable[[], Journal] | None = journal
     if journal_source is None and settings.storage_connection:
         journal_source = functools.partial(from_connection_string, settings.storage_connection, clock=clock,

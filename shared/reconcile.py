@@ -141,9 +141,10 @@ def plan(
 
 
 class WriteBudget:
-    """Client-side token bucket per subscription, so a fleet update stays inside our share of
-    the ARM write budget instead of discovering it through 429s. It paces real requests, so it
-    runs on monotonic time whatever clock the service is given."""
+    """A static client-side token bucket per subscription. No longer used by default: every
+    ARM request is paced by the adaptive :class:`shared.pacing.Pacer` in the clients' pipeline,
+    which learns the budget from ARM's answers. Kept as an explicit extra limit a caller may
+    pass (``Reconciler(budget=...)``)."""
 
     def __init__(self, *, rate_per_s: float, burst: int,
                  sleep: Callable[[float], None] = time.sleep,
@@ -189,7 +190,8 @@ class Reconciler:
         self._inventory = inventory
         self._notifier = notifier
         self._clock = clock
-        self._budget = budget or WriteBudget(rate_per_s=settings.arm_writes_per_s, burst=settings.arm_write_burst)
+        # ARM pacing lives in the clients' pipeline (shared.pacing); this is only an extra limit.
+        self._budget = budget
         self._log = structlog.get_logger("keysteward.reconcile")
         self._rng = random.Random()  # noqa: S311 - jitter for retries, not security
 
@@ -248,7 +250,8 @@ class Reconciler:
         target = self._targets[binding.service]
         last = ""
         for attempt in range(MAX_START_ATTEMPTS):
-            self._budget.acquire(binding.subscription)
+            if self._budget is not None:
+                self._budget.acquire(binding.subscription)
             try:
                 return target.start_update(binding, version)
             except TransientError as err:
