@@ -7,20 +7,18 @@ for large estates. Both return the same :class:`~shared.model.Binding` objects.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import urlsplit
 
-from azure.mgmt.cosmosdb.models import DatabaseAccountGetResults
-from azure.mgmt.kusto.models import Cluster
-from azure.mgmt.resourcegraph.models import QueryRequest, QueryRequestOptions, ResultFormat
-
-from shared.clients import ClientFactory
+from shared.errors import ValidationError
 from shared.model import Binding, KeyRef, ServiceType
-from shared.targets import Target
-from shared.targets import cosmos as cosmos_target
-from shared.targets import kusto as kusto_target
-from shared.targets.base import sdk
-from shared.targets.readonly import ReadOnlyArmTarget
+
+if TYPE_CHECKING:
+    # The SDK models and the adapters are imported on first use, not when the app is indexed.
+    from shared.clients import ClientFactory
+    from shared.targets import Target
 
 
 class Inventory(Protocol):
@@ -65,12 +63,20 @@ class ResourceGraphInventory:
         self._clients = clients
         self._targets = targets
 
-    def _rows(self, subscriptions: Sequence[str]) -> Iterable[dict[str, Any]]:
+    def _rows(self, subscriptions: Sequence[str], query: str = GRAPH_QUERY) -> Iterable[dict[str, Any]]:
+        from azure.mgmt.resourcegraph.models import (  # noqa: PLC0415 - on first use (cold start)
+            QueryRequest,
+            QueryRequestOptions,
+            ResultFormat,
+        )
+
+        from shared.targets.base import sdk  # noqa: PLC0415
+
         skip: str | None = None
         while True:
             request = QueryRequest(
                 subscriptions=list(subscriptions),
-                query=GRAPH_QUERY,
+                query=query,
                 options=QueryRequestOptions(skip_token=skip, top=GRAPH_PAGE, result_format=ResultFormat.OBJECT_ARRAY),
             )
             with sdk("query Resource Graph"):
@@ -81,9 +87,27 @@ class ResourceGraphInventory:
             if not skip:
                 return
 
+    def bindings_for_key(self, key: KeyRef, subscriptions: Sequence[str],
+                         types: Iterable[str] | None = None) -> list[Binding]:
+        """Exactly the bindings of ``key``: one query filtered by the key's vault and name
+        (:func:`graph_query_for_key` over ``types``, default the inventory's), then the exact
+        match on the key id, since ``has`` matches whole terms (``cmk`` also finds ``cmk-2``)."""
+        query = graph_query_for_key(key, types if types is not None else _GRAPH_TYPES)
+        return for_key(self._to_bindings(self._rows(subscriptions, query)), key)
+
     def bindings(self, subscriptions: Sequence[str]) -> list[Binding]:
+        return self._to_bindings(self._rows(subscriptions))
+
+    def _to_bindings(self, rows: Iterable[dict[str, Any]]) -> list[Binding]:
+        from azure.mgmt.cosmosdb.models import DatabaseAccountGetResults  # noqa: PLC0415 - on first use
+        from azure.mgmt.kusto.models import Cluster  # noqa: PLC0415
+
+        from shared.targets import cosmos as cosmos_target  # noqa: PLC0415
+        from shared.targets import kusto as kusto_target  # noqa: PLC0415
+        from shared.targets.readonly import ReadOnlyArmTarget  # noqa: PLC0415
+
         out: list[Binding] = []
-        for row in self._rows(subscriptions):
+        for row in rows:
             service = _GRAPH_TYPES.get(str(row.get("type", "")).lower())
             binding: Binding | None = None
             if service is ServiceType.KUSTO:
@@ -97,6 +121,39 @@ class ResourceGraphInventory:
             if binding is not None:
                 out.append(binding)
         return out
+
+
+_KQL_SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]*")
+
+
+def graph_query_for_key(key: KeyRef, types: Iterable[str]) -> str:
+    """A Resource Graph query for the resources of ``types`` whose properties name ``key``'s
+    vault host and key name, as whole terms (KQL ``has``: case-insensitive, term-bounded).
+
+    Key Vault names keys with letters, digits and dashes and vaults with letters, digits and
+    dashes, so both go into the query as plain literals; anything else is refused
+    (ValidationError) rather than escaped into a query.
+    """
+    host = (urlsplit(key.vault_url).hostname or "").lower()
+    name = key.name
+    if not _KQL_SAFE.fullmatch(host) or not _KQL_SAFE.fullmatch(name):
+        raise ValidationError(f"key {key.key_id!r} cannot be put into a Resource Graph query", field="key")
+    listed = ", ".join(f"'{t.lower()}'" for t in types)
+    if not listed:
+        raise ValidationError("no resource types to query", field="types")
+    return (
+        f"Resources | where type in~ ({listed}) "
+        f"| where tostring(properties) has '{name}' and tostring(properties) has '{host}' "
+        "| project id, name, type, location, subscriptionId, resourceGroup, tags, identity, properties"
+    )
+
+
+def bindings_of_key(inventory: Inventory, key: KeyRef, subscriptions: Sequence[str]) -> list[Binding]:
+    """The bindings of ``key``: one filtered Resource Graph query with that inventory, else the
+    ARM lists filtered here (ARM has no filter by key)."""
+    if isinstance(inventory, ResourceGraphInventory):
+        return inventory.bindings_for_key(key, subscriptions)
+    return for_key(inventory.bindings(subscriptions), key)
 
 
 def for_key(bindings: Iterable[Binding], key: KeyRef) -> list[Binding]:

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -24,10 +25,13 @@ from shared.clock import Clock
 from shared.config import Settings
 from shared.errors import KeystewardError, PermanentError, TransientError
 from shared.inventory import Inventory, for_key
-from shared.keyvault import KeyStore
 from shared.model import Binding, KeyRef, KeyVersion, ServiceType
 from shared.notify import Notifier, Outcome
-from shared.targets import Target, UpdateStart
+
+if TYPE_CHECKING:
+    # Types only: the adapters (and their SDKs) load when the app is built, not when indexed.
+    from shared.keyvault import KeyStore
+    from shared.targets import Target, UpdateStart
 
 # Kusto and Cosmos report these while an operation is under way: never write on top of one.
 IN_PROGRESS_STATES = frozenset({"updating", "creating", "running", "moving", "deleting", "inprogress"})
@@ -237,10 +241,10 @@ class Reconciler:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="keysteward-update") as pool:
             outcomes = list(pool.map(self._start_one, updates))
         for action, outcome in zip(updates, outcomes, strict=True):
-            if isinstance(outcome, UpdateStart):
-                result.started.append(outcome)
-            else:
+            if isinstance(outcome, str):  # the reason it failed
                 result.failed.append((action.binding, outcome))
+            else:
+                result.started.append(outcome)
 
     def _start_one(self, action: Action) -> UpdateStart | str:
         """Starts one update with retries on transient errors; returns the reason on failure."""

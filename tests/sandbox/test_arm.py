@@ -648,7 +648,8 @@ def test_resource_graph_filters_projects_and_pages(arm_world: World) -> None:
 @pytest.mark.parametrize(
     "query",
     [
-        "Resources | where properties.keyVaultProperties.keyName == 'x'",
+        "Resources | where properties.keyVaultProperties.keyName matches regex 'x'",
+        "Resources | where sku.name.x.y has 'x' and plan.x == 'y'",
         "Resources | summarize count() by type",
         "ResourceContainers",
         "Resources | where type contains 'kusto'",
