@@ -314,7 +314,8 @@ def build(
                           polling_interval=polling_interval, pacer=pacer or _pacer_for(settings, clock))
     targets = build_targets(clients)
     inventory: Inventory = (
-        ResourceGraphInventory(clients, targets) if settings.inventory == "resourcegraph" else ArmInventory(targets)
+        ResourceGraphInventory(clients, targets) if settings.inventory == "resourcegraph"
+        else ArmInventory(targets, clients)
     )
     if notifier is None:
         notifier = (

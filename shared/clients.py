@@ -150,6 +150,47 @@ class ClientFactory:
         )
         return client
 
+    def arm_get_text(self, url: str, *, what: str) -> str:
+        """GET ``url`` (an absolute ARM URL) through a paced ARM pipeline; the body as text.
+
+        Raises TransientError for a throttled, failing or unreachable ARM (408, 429, 5xx,
+        connection errors) and PermanentError for any other status but 200."""
+        from azure.core.exceptions import AzureError  # noqa: PLC0415 - on first use
+        from azure.core.rest import HttpRequest  # noqa: PLC0415
+
+        from shared.errors import PermanentError, TransientError, translate  # noqa: PLC0415
+
+        try:
+            response = self._arm_reader().send_request(HttpRequest("GET", url, headers={"Accept": "application/json"}))
+            status = response.status_code
+            text = str(response.text())
+        except AzureError as err:
+            raise translate(err, what=what) from err
+        if status == 200:
+            return text
+        if status in (408, 429) or status >= 500:
+            raise TransientError(f"{what}: HTTP {status}")
+        raise PermanentError(f"{what}: HTTP {status}", status=status)
+
+    def _arm_reader(self) -> Any:
+        def make() -> Any:
+            from azure.core.pipeline.policies import (  # noqa: PLC0415 - on first use
+                HeadersPolicy,
+                RequestIdPolicy,
+                RetryPolicy,
+                UserAgentPolicy,
+            )
+            from azure.mgmt.core import ARMPipelineClient  # noqa: PLC0415
+            from azure.mgmt.core.policies import ARMChallengeAuthenticationPolicy  # noqa: PLC0415
+
+            policies = [RequestIdPolicy(), HeadersPolicy(), UserAgentPolicy(sdk_moniker="keysteward"), RetryPolicy(),
+                        PacingPolicy(self.pacer),
+                        ARMChallengeAuthenticationPolicy(self.credential, *self.credential_scopes)]
+            extra = {k: v for k, v in self._common().items() if k in ("transport", "connection_verify")}
+            return ARMPipelineClient(base_url=self.arm_url, policies=policies, **extra)
+
+        return self._cached("arm-reader", "", make)
+
     def arm_pipeline_kwargs(self) -> dict[str, Any]:
         """Arguments for a generic ARM pipeline client (read-only reads of other providers)."""
         return self._mgmt()

@@ -7,12 +7,13 @@ for large estates. Both return the same :class:`~shared.model.Binding` objects.
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
-from shared.errors import ValidationError
+from shared.errors import TransientError, ValidationError
 from shared.model import Binding, KeyRef, ServiceType
 
 if TYPE_CHECKING:
@@ -28,10 +29,26 @@ class Inventory(Protocol):
 
 
 class ArmInventory:
-    """List calls per subscription and service (one ARM read per page)."""
+    """List calls per subscription and service (one ARM read per page).
 
-    def __init__(self, targets: dict[ServiceType, Target]) -> None:
+    With ``clients``, :meth:`bindings_for_key` reads the same list pages as raw JSON and builds
+    bindings only for the entries that name the key (an event's cost is then the pages, not a
+    model per resource of the estate)."""
+
+    def __init__(self, targets: dict[ServiceType, Target], clients: ClientFactory | None = None) -> None:
         self._targets = targets
+        self._clients = clients
+
+    def bindings_for_key(self, key: KeyRef, subscriptions: Sequence[str],
+                         types: Mapping[str, str] | None = None) -> list[Binding]:
+        """Exactly the bindings of ``key`` in ``subscriptions``, from the list pages of ``types``
+        (ARM type -> list api-version; default :data:`ARM_LIST_APIS`). A page that does not
+        mention the key's name and vault host is not looked into further."""
+        if self._clients is None:
+            return for_key(self.bindings(subscriptions), key)
+        needles = (key.name.lower(), (urlsplit(key.vault_url).hostname or "").lower())
+        rows = _arm_rows_naming(self._clients, subscriptions, types or ARM_LIST_APIS, needles)
+        return for_key(_rows_to_bindings(rows, self._targets), key)
 
     def bindings(self, subscriptions: Sequence[str]) -> list[Binding]:
         out: list[Binding] = []
@@ -39,6 +56,45 @@ class ArmInventory:
             for target in self._targets.values():
                 out.extend(target.list_bindings(sub))
         return out
+
+
+# The list call per ARM type read by ArmInventory.bindings_for_key, and its api-version:
+# Microsoft.Kusto/clusters: Clusters_List, GET /subscriptions/{subscriptionId}/providers/Microsoft.Kusto/clusters,
+#   specification/azure-kusto/resource-manager/Microsoft.Kusto/stable/2024-04-13/kusto.json;
+# Microsoft.DocumentDB/databaseAccounts: DatabaseAccounts_List, GET /subscriptions/{subscriptionId}/providers/
+#   Microsoft.DocumentDB/databaseAccounts, specification/cosmos-db/resource-manager/Microsoft.DocumentDB/stable/
+#   2024-11-15/cosmos-db.json (both pageable with nextLink);
+# the PostgreSQL and Energy versions are the ones shared/targets/readonly.py reads (cited there).
+ARM_LIST_APIS: dict[str, str] = {
+    "Microsoft.Kusto/clusters": "2024-04-13",
+    "Microsoft.DocumentDB/databaseAccounts": "2024-11-15",
+    "Microsoft.DBforPostgreSQL/serverGroupsv2": "2022-11-08",
+    "Microsoft.OpenEnergyPlatform/energyServices": "2022-12-01-preview",
+}
+
+
+def _arm_rows_naming(clients: ClientFactory, subscriptions: Sequence[str], types: Mapping[str, str],
+                     needles: tuple[str, ...]) -> Iterator[dict[str, Any]]:
+    """The list entries whose JSON mentions every needle (lower-cased), page by page; raises
+    TransientError / PermanentError as the adapters do."""
+    for sub in subscriptions:
+        for rtype, api in types.items():
+            url: str | None = f"{clients.arm_url}/subscriptions/{sub}/providers/{rtype}?api-version={api}"
+            while url:
+                text = clients.arm_get_text(url, what=f"list {rtype}")
+                try:
+                    doc = json.loads(text)
+                except ValueError as err:
+                    raise TransientError(f"list {rtype}: the answer is not JSON") from err
+                if not isinstance(doc, dict):
+                    raise TransientError(f"list {rtype}: the answer is not a JSON object")
+                lowered = text.lower()
+                if all(n in lowered for n in needles):  # else no entry on this page names the key
+                    for row in doc.get("value") or []:
+                        if isinstance(row, dict) and all(n in json.dumps(row).lower() for n in needles):
+                            yield row
+                link = doc.get("nextLink")
+                url = link if isinstance(link, str) and link else None
 
 
 _GRAPH_TYPES = {
@@ -99,28 +155,34 @@ class ResourceGraphInventory:
         return self._to_bindings(self._rows(subscriptions))
 
     def _to_bindings(self, rows: Iterable[dict[str, Any]]) -> list[Binding]:
-        from azure.mgmt.cosmosdb.models import DatabaseAccountGetResults  # noqa: PLC0415 - on first use
-        from azure.mgmt.kusto.models import Cluster  # noqa: PLC0415
+        return _rows_to_bindings(rows, self._targets)
 
-        from shared.targets import cosmos as cosmos_target  # noqa: PLC0415
-        from shared.targets import kusto as kusto_target  # noqa: PLC0415
-        from shared.targets.readonly import ReadOnlyArmTarget  # noqa: PLC0415
 
-        out: list[Binding] = []
-        for row in rows:
-            service = _GRAPH_TYPES.get(str(row.get("type", "")).lower())
-            binding: Binding | None = None
-            if service is ServiceType.KUSTO:
-                binding = kusto_target._binding(Cluster(row))
-            elif service is ServiceType.COSMOS:
-                binding = cosmos_target._binding(DatabaseAccountGetResults(row))
-            elif service is not None:
-                target = self._targets[service]
-                if isinstance(target, ReadOnlyArmTarget):
-                    binding = target._binding(row)
-            if binding is not None:
-                out.append(binding)
-        return out
+def _rows_to_bindings(rows: Iterable[dict[str, Any]], targets: dict[ServiceType, Target]) -> list[Binding]:
+    """Bindings from resources as ARM answers them (a Resource Graph row or an ARM list entry:
+    the same ``properties``; the type compared case-insensitively)."""
+    from azure.mgmt.cosmosdb.models import DatabaseAccountGetResults  # noqa: PLC0415 - on first use
+    from azure.mgmt.kusto.models import Cluster  # noqa: PLC0415
+
+    from shared.targets import cosmos as cosmos_target  # noqa: PLC0415
+    from shared.targets import kusto as kusto_target  # noqa: PLC0415
+    from shared.targets.readonly import ReadOnlyArmTarget  # noqa: PLC0415
+
+    out: list[Binding] = []
+    for row in rows:
+        service = _GRAPH_TYPES.get(str(row.get("type", "")).lower())
+        binding: Binding | None = None
+        if service is ServiceType.KUSTO:
+            binding = kusto_target._binding(Cluster(row))
+        elif service is ServiceType.COSMOS:
+            binding = cosmos_target._binding(DatabaseAccountGetResults(row))
+        elif service is not None:
+            target = targets[service]
+            if isinstance(target, ReadOnlyArmTarget):
+                binding = target._binding(row)
+        if binding is not None:
+            out.append(binding)
+    return out
 
 
 _KQL_SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]*")
@@ -152,6 +214,8 @@ def bindings_of_key(inventory: Inventory, key: KeyRef, subscriptions: Sequence[s
     """The bindings of ``key``: one filtered Resource Graph query with that inventory, else the
     ARM lists filtered here (ARM has no filter by key)."""
     if isinstance(inventory, ResourceGraphInventory):
+        return inventory.bindings_for_key(key, subscriptions)
+    if isinstance(inventory, ArmInventory):
         return inventory.bindings_for_key(key, subscriptions)
     return for_key(inventory.bindings(subscriptions), key)
 

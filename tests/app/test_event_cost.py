@@ -66,7 +66,8 @@ def test_a_burst_of_events_for_one_key_makes_one_pass() -> None:
     assert len(queue.items) == 2  # one work item per subscription, once
 
 
-def test_the_filtered_query_returns_exactly_the_keys_bindings() -> None:
+@pytest.mark.parametrize("inventory", ["resourcegraph", "arm"])
+def test_the_filtered_query_returns_exactly_the_keys_bindings(inventory: str) -> None:
     """A seeded estate with look-alike keys (a name that is a prefix, the same name in another
     vault): the filtered query's bindings equal the full-estate answer filtered by key."""
     world = World()
@@ -80,7 +81,7 @@ def test_the_filtered_query_returns_exactly_the_keys_bindings() -> None:
     other_version = str(key_client(world, other_url).create_rsa_key("cmk", size=2048).properties.version)
     make_cluster(world, sub, "adxothervault", vault_url=other_url, key="cmk", version=other_version,
                  grant_in=(sub, "kv-other"))
-    app, _, _ = steward(world, estate, KEYSTEWARD_INVENTORY="resourcegraph")
+    app, _, _ = steward(world, estate, KEYSTEWARD_INVENTORY=inventory)
     everything = app.all_bindings()
     for key in (KeyRef(estate.vault_url, "cmk", None), KeyRef(estate.vault_url, "cmk-2", None),
                 KeyRef(other_url, "cmk", None)):
@@ -88,7 +89,12 @@ def test_the_filtered_query_returns_exactly_the_keys_bindings() -> None:
         filtered = app.key_bindings(key)
         assert summary(filtered) == summary(for_key(everything, key))
         assert filtered
-        assert [c.path for c in world.requests_since(seq)] == ["/providers/Microsoft.ResourceGraph/resources"]
+        paths = [c.path for c in world.requests_since(seq)]
+        if inventory == "resourcegraph":
+            assert paths == ["/providers/Microsoft.ResourceGraph/resources"]
+        else:  # the list pages, as raw JSON: one per subscription and type here
+            assert len(paths) == len(estate.subs) * 4
+            assert all(c.method == "GET" for c in world.requests_since(seq))
     assert len(app.key_bindings(KeyRef(estate.vault_url, "unused", None))) == 0
 
 
