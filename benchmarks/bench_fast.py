@@ -328,6 +328,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(report, indent=1, default=str), encoding="utf-8")
     print(f"wrote {OUT}")
+    from benchmarks import plots  # noqa: PLC0415 - matplotlib only when plotting
+
+    for path in plots.plot_pacing(report):
+        print(f"wrote {path}")
     return {"pacing_over_bound": [c["over_bound"] for c in report["pacing"]],
             "pacing_patch_per_binding": [c["patch_per_binding"] for c in report["pacing"]],
             "coldstart_ratio": report["coldstart"]["as_deployed"]["ratio"]}
