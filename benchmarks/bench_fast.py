@@ -18,7 +18,7 @@ Writes ``benchmarks/out/fast.json``; ``benchmarks/RESULTS.md`` explains the figu
    key (handler and every work item it leads to, to the end).
 3. **A burst.** 100 ``KeyNewVersionCreated`` events for one key (100 rotations) handed over one
    after the other as the Functions host does with one Event Grid delivery: passes and writes.
-4. **Cold start.** ``benchmarks.bench_coldstart`` (import ratio against a bare app).
+4. **Cold start.** ``benchmarks.coldstart`` (import ratio against a bare app).
 
 Sandbox time runs on the manual clock (see ``bench_propagation``'s Scheduler); keysteward runs
 with ``KEYSTEWARD_MAX_CONCURRENCY=1`` because the scheduler needs one acting thread per work
@@ -38,7 +38,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from benchmarks import bench_coldstart
+from benchmarks import coldstart
 from benchmarks.bench_propagation import (
     GridCapture,
     HostQueue,
@@ -311,7 +311,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         report["burst"] = burst(100, 10)
         print(f"burst: {report['burst']['actions']}, passes {report['burst']['passes']}, "
               f"PATCH {report['burst']['patch_requests']}", flush=True)
-    report["coldstart"] = bench_coldstart.main(["--runs", "3" if quick else "9"])
+    report["coldstart"] = coldstart.main(["--runs", "3" if quick else "9"])
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(report, indent=1, default=str), encoding="utf-8")
     print(f"wrote {OUT}")

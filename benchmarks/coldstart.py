@@ -1,7 +1,7 @@
 """Cold start: how long importing ``function_app`` takes (what the Functions worker does to
 index the app on every cold start), next to a bare ``azure.functions`` app with one route.
 
-    python -m benchmarks.bench_coldstart [--runs N]
+    python -m benchmarks.coldstart [--runs N]
 
 Each measurement is a fresh interpreter (``python -c``) timing the import with
 ``time.perf_counter``; the two apps alternate (bare, keysteward, bare, ...) so that load on the
