@@ -88,13 +88,16 @@ class IdempotencyStore(Protocol):
 
 def covers(mark: PassMark | None, *, version: str | None, event_time: datetime | None) -> bool:
     """Whether a pass that reconciled to ``mark`` already did what an event for ``version``
-    (emitted at ``event_time``) asks: the same version, or a version created at or after the
-    event (which supersedes it). Unknown times never count as covered."""
+    (emitted at ``event_time``) asks: the same version, or a version created strictly after the
+    event was emitted (so it supersedes the event's version). Key Vault reports creation times
+    in whole seconds: a version created in the same second as the event is not known to be the
+    newer one, so that event is not covered (it runs a pass, which reads the key live). Unknown
+    times never count as covered."""
     if mark is None:
         return False
     if version is not None and version == mark.version:
         return True
-    return mark.created is not None and event_time is not None and mark.created >= event_time
+    return mark.created is not None and event_time is not None and mark.created > event_time
 
 
 class MemoryIdempotencyStore:
