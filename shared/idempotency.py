@@ -25,12 +25,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
-from shared.errors import translate
+from shared.errors import ConfigError, translate
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
@@ -147,8 +148,11 @@ class TableIdempotencyStore:
     """Records in Azure Table storage: conditional insert claims an event; ETag-matched updates
     take over an expired record, so two invocations never both claim one event."""
 
-    def __init__(self, table: TableClient, clock: Clock, *, ttl: timedelta = timedelta(hours=24)) -> None:
-        self._table = table
+    def __init__(self, table: TableClient | Callable[[], TableClient], clock: Clock, *,
+                 ttl: timedelta = timedelta(hours=24)) -> None:
+        # A factory is called on first use, so building the app does no Storage work.
+        self._client: TableClient | None = None if callable(table) else table
+        self._make: Callable[[], TableClient] | None = table if callable(table) else None
         self._clock = clock
         self._ttl = ttl
         self._created = False
@@ -157,25 +161,45 @@ class TableIdempotencyStore:
     @classmethod
     def from_connection_string(cls, conn: str, clock: Clock, *, table_prefix: str = "keysteward",
                                ttl: timedelta = timedelta(hours=24)) -> TableIdempotencyStore:
-        from azure.data.tables import TableClient  # noqa: PLC0415 - on first use (cold start)
+        def make() -> TableClient:
+            from azure.data.tables import TableClient  # noqa: PLC0415 - on first use (cold start)
 
-        return cls(TableClient.from_connection_string(conn, table_prefix + TABLE_SUFFIX), clock, ttl=ttl)
+            return TableClient.from_connection_string(conn, table_prefix + TABLE_SUFFIX)
+
+        return cls(make, clock, ttl=ttl)
 
     @classmethod
     def from_identity(cls, table_service_uri: str, credential: TokenCredential, clock: Clock, *,
                       table_prefix: str = "keysteward", ttl: timedelta = timedelta(hours=24)) -> TableIdempotencyStore:
-        from azure.data.tables import TableClient  # noqa: PLC0415 - on first use (cold start)
+        def make() -> TableClient:
+            from azure.data.tables import TableClient  # noqa: PLC0415 - on first use (cold start)
 
-        return cls(TableClient(table_service_uri, table_prefix + TABLE_SUFFIX, credential=credential), clock, ttl=ttl)
+            return TableClient(table_service_uri, table_prefix + TABLE_SUFFIX, credential=credential)
+
+        return cls(make, clock, ttl=ttl)
+
+    @property
+    def _table(self) -> TableClient:
+        with self._lock:
+            if self._client is None:
+                assert self._make is not None  # noqa: S101 - one of the two is always set
+                try:
+                    self._client = self._make()
+                except ValueError as err:  # a malformed connection string or URI
+                    raise ConfigError(f"AzureWebJobsStorage: the idempotency table cannot be reached: {err}") from err
+            return self._client
 
     def _ensure(self) -> None:
         from azure.core.exceptions import ResourceExistsError  # noqa: PLC0415
 
+        if self._created:
+            return
+        table = self._table
         with self._lock:
             if self._created:
                 return
             with contextlib.suppress(ResourceExistsError):
-                self._table.create_table()
+                table.create_table()
             self._created = True
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
