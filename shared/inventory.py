@@ -82,19 +82,39 @@ def _arm_rows_naming(clients: ClientFactory, subscriptions: Sequence[str], types
             url: str | None = f"{clients.arm_url}/subscriptions/{sub}/providers/{rtype}?api-version={api}"
             while url:
                 text = clients.arm_get_text(url, what=f"list {rtype}")
+                lowered = text.lower()
+                if not all(n in lowered for n in needles):
+                    # No entry on this page names the key: only the next page's link matters.
+                    url = _next_link(text, what=rtype)
+                    continue
                 try:
                     doc = json.loads(text)
                 except ValueError as err:
                     raise TransientError(f"list {rtype}: the answer is not JSON") from err
                 if not isinstance(doc, dict):
                     raise TransientError(f"list {rtype}: the answer is not a JSON object")
-                lowered = text.lower()
-                if all(n in lowered for n in needles):  # else no entry on this page names the key
-                    for row in doc.get("value") or []:
-                        if isinstance(row, dict) and all(n in json.dumps(row).lower() for n in needles):
-                            yield row
+                for row in doc.get("value") or []:
+                    if isinstance(row, dict) and all(n in json.dumps(row).lower() for n in needles):
+                        yield row
                 link = doc.get("nextLink")
                 url = link if isinstance(link, str) and link else None
+
+
+# A JSON member "nextLink": "..." (a quote inside a string value is escaped, so an unescaped
+# "nextLink" is a member name; none of the listed types has one inside a resource).
+_NEXT_LINK = re.compile(r'"nextLink"\s*:\s*("(?:[^"\\]|\\.)*"|null)')
+
+
+def _next_link(text: str, *, what: str) -> str | None:
+    """The page's ``nextLink`` without parsing the page; ``None`` on the last page."""
+    found = list(_NEXT_LINK.finditer(text))
+    if not found or found[-1].group(1) == "null":
+        return None
+    try:
+        link = json.loads(found[-1].group(1))
+    except ValueError as err:
+        raise TransientError(f"list {what}: unreadable nextLink") from err
+    return link if isinstance(link, str) and link else None
 
 
 _GRAPH_TYPES = {
