@@ -165,3 +165,45 @@ def test_table_records_claim_once_and_expire(azurite: Azurite) -> None:
     store.release("evt/1?#")
     store.mark_pass("https://kv.vault.azure.net/keys/k", PassMark("v9", None))
     assert store.last_pass("https://kv.vault.azure.net/keys/K") == PassMark("v9", None)
+
+
+def test_a_malformed_resources_list_in_a_work_item_is_refused() -> None:
+    good = WorkItem("https://kv-estate.vault.azure.net/keys/cmk", "s", resources=("kusto /subscriptions/s/x",))
+    assert WorkItem.from_json(good.to_json()).resources == good.resources
+    with pytest.raises(ValidationError, match="resources"):
+        WorkItem.from_json('{"key": "k", "subscription": "s", "resources": ["no-space"]}')
+    with pytest.raises(ValidationError, match="resources"):
+        WorkItem.from_json('{"key": "k", "subscription": "s", "resources": "kusto x"}')
+
+
+def test_a_fleet_update_on_default_settings_meets_no_429_under_a_tight_unannounced_bucket() -> None:
+    """The pacer in the clients' pipeline, end to end: 120 pinned clusters in one subscription,
+    ARM's write bucket set to 50 refilling 10/s (keysteward is not told), default settings."""
+    from sandbox import seeds
+    from sandbox.clock import SandboxClock
+    from sandbox.transport import SandboxTransport, StaticTokenCredential
+    from shared.app import build
+    from shared.config import load_settings
+    from shared.notify import LogNotifier
+    from shared.workqueue import MemoryQueue
+
+    doc = seeds.generate_fleet(120, 0, 1, versions=1)
+    doc["vaults"][0]["keys"][0]["size"] = 2048
+    sub = str(doc["subscriptions"][0]["id"]).lower()
+    world = World(subscriptions=[sub], clock=SandboxClock())
+    seeded = seeds.apply_seed(world, doc)
+    world.throttle.reset()
+    world.throttle.configure(arm_write_burst=50, arm_writes_per_s=10)
+    world.clock.advance(timedelta(hours=1))
+    vault_url = seeded.vault_urls["kv-fleet"]
+    settings = load_settings({"KEYSTEWARD_SUBSCRIPTIONS": sub, "KEYSTEWARD_VAULTS": vault_url})
+    app = build(settings, clock=world.clock, transport_factory=lambda: SandboxTransport(world),
+                credential=StaticTokenCredential(), notifier=LogNotifier(), queue=MemoryQueue(), polling_interval=0)
+    key_client(world, vault_url).rotate_key("cmk-fleet")
+    seq = world.last_seq
+    result = app.reconciler.reconcile_key(KeyRef(vault_url, "cmk-fleet", None))
+    assert len(result.started) == 120
+    assert not result.failed
+    answers = [e for e in world.requests_since(seq) if e.service == "arm"]
+    assert [e.status for e in answers if e.status == 429] == []
+    assert sum(1 for e in answers if e.method == "PATCH") == 120  # one write per binding
