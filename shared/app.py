@@ -167,8 +167,7 @@ class Keysteward:
         if len(subs) > 1:
             current = self.keys.current(key)
             items = [WorkItem(key.uri, sub, event_id=event.event_id,
-                              resources=tuple(f"{b.service.value} {b.resource_id}"
-                                              for b in bindings if b.subscription == sub))
+                              resources=_carried([b for b in bindings if b.subscription == sub]))
                      for sub in subs]
             for item in items:
                 self.queue.put(item)
@@ -177,8 +176,7 @@ class Keysteward:
         result = self.reconciler.reconcile_key(key, bindings=bindings, event_id=event.event_id,
                                                revoked_by=self.revocation_in_force(key))
         enqueued = self._follow_up(WorkItem(key.uri, subs[0] if subs else "", event_id=event.event_id,
-                                            resources=tuple(f"{b.service.value} {b.resource_id}" for b in bindings)),
-                                   result)
+                                            resources=_carried(bindings)), result)
         if result.current is not None and not result.failed:
             self.idempotency.mark_pass(key.uri, PassMark(result.current.version, result.current.created))
         return EventResult("reconciled", "", passes=[result], enqueued=enqueued)
@@ -207,7 +205,8 @@ class Keysteward:
         result = self.reconciler.reconcile_key(
             key, subscriptions=[item.subscription], event_id=item.event_id, started_before=item.started,
             revoked_by=self.revocation_in_force(key),
-            bindings=self._read_resources(key, item) if item.resources else None,
+            bindings=self._read_resources(key, item) if item.resources
+            else bindings_of_key(self.inventory, key, [item.subscription]),
         )
         self._follow_up(item, result)
         return result
@@ -270,6 +269,19 @@ class Keysteward:
     def rotation_sweep(self) -> list[RotationResult]:
         """Scheduled rotation of managed keys older than their maximum age."""
         return [self.rotator.rotate_if_old(k) for k in self.managed_keys()]
+
+
+# A work item carries its bindings' ids when there are at most this many: reading each costs
+# one ARM read, while finding them again costs at least one list call per service type (and a
+# page per 100 resources of the subscription). More than this: the item reads its
+# subscription's bindings of the key through the inventory's filtered path instead.
+MAX_CARRIED_RESOURCES = 16
+
+
+def _carried(bindings: list[Binding]) -> tuple[str, ...]:
+    if len(bindings) > MAX_CARRIED_RESOURCES:
+        return ()
+    return tuple(f"{b.service.value} {b.resource_id}" for b in bindings)
 
 
 def _clock_for(settings: Settings) -> Clock:
