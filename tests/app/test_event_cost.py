@@ -207,3 +207,25 @@ def test_a_fleet_update_on_default_settings_meets_no_429_under_a_tight_unannounc
     answers = [e for e in world.requests_since(seq) if e.service == "arm"]
     assert [e.status for e in answers if e.status == 429] == []
     assert sum(1 for e in answers if e.method == "PATCH") == 120  # one write per binding
+
+
+def test_many_bindings_in_a_subscription_are_found_again_not_carried() -> None:
+    """Past MAX_CARRIED_RESOURCES a work item carries no ids (each would cost a read on every
+    confirm pass): it finds its subscription's bindings of the key through the filtered path."""
+    from shared.app import MAX_CARRIED_RESOURCES
+
+    world = World()
+    estate = make_estate(world, clusters_per_sub=MAX_CARRIED_RESOURCES + 1, accounts_per_sub=0, versionless=0)
+    capture = EventCapture(world)
+    app, queue, _ = steward(world, estate)
+    estate.keys.rotate_key(estate.key_name)
+    world.tick(world.clock.now())
+    (event,) = new_version_events(capture)
+    app.handle_event(event)
+    item, _ = queue.items.popleft()
+    assert item.resources == ()
+    seq = world.last_seq
+    result = app.process_work_item(item)
+    assert len(result.started) == MAX_CARRIED_RESOURCES + 1
+    single_gets = [c for c in world.requests_since(seq) if c.method == "GET" and "/clusters/" in c.path.lower()]
+    assert single_gets == []  # the list pages, not a read per cluster
