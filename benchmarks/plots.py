@@ -7,6 +7,8 @@
   keysteward's passes saw (1,000 and the large fleet).
 - ``benchmarks/cost_vs_fleet.png``: convergence time, CPU and ARM calls per binding against
   fleet size.
+- ``benchmarks/pacing.png`` (from ``bench_fast``): clusters converged against sandbox time under
+  three ARM write buckets keysteward is not told about, each next to its lower bound.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import matplotlib.pyplot as plt
 
 HERE = Path(__file__).resolve().parent
 PROPAGATION = HERE / "out" / "propagation.json"
+FAST = HERE / "out" / "fast.json"
 
 
 def _steps(times: list[float], n: int) -> tuple[list[float], list[float]]:
@@ -125,9 +128,38 @@ def plot_propagation(report: dict[str, Any], outdir: Path = HERE) -> list[Path]:
     return written
 
 
+def plot_pacing(report: dict[str, Any], outdir: Path = HERE) -> list[Path]:
+    cases = report.get("pacing") or []
+    if not cases:
+        return []
+    fig, axes = plt.subplots(1, len(cases), figsize=(5 * len(cases), 4), sharey=True)
+    for ax, case in zip(axes if len(cases) > 1 else [axes], cases, strict=True):
+        n, bucket = case["bindings"], case["bucket"]
+        net = case["refill_per_s"] - case["other_client_per_s"]
+        lro = case["lower_bound_s"] - max(0.0, (n - bucket) / net)
+        bound = sorted(max(0.0, (k - bucket) / net) + lro for k in range(1, n + 1))
+        bx, by = _steps(bound, n)
+        ax.plot(bx, by, "--", color="grey", label=f"lower bound ({case['lower_bound_s']:.0f} s)")
+        ax.plot(*_steps(case["curve"], n), color="tab:blue", linewidth=2,
+                label=f"keysteward, defaults ({case['converged_s']:.0f} s, {case['over_bound']}x)")
+        ax.set_title(case["name"], fontsize=10)
+        ax.set_xlabel("sandbox seconds after the rotation")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    (axes[0] if len(cases) > 1 else axes).set_ylabel(f"fraction of {cases[0]['bindings']:,} clusters converged")
+    fig.suptitle("1,000 pinned clusters in one subscription, buckets keysteward is not told about", fontsize=11)
+    fig.tight_layout()
+    path = outdir / "pacing.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]
+
+
 def main(argv: list[str] | None = None) -> list[Path]:
     del argv  # no options
     written: list[Path] = []
+    if FAST.exists():
+        written += plot_pacing(json.loads(FAST.read_text(encoding="utf-8")))
     if PROPAGATION.exists():
         written += plot_propagation(json.loads(PROPAGATION.read_text(encoding="utf-8")))
     else:

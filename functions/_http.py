@@ -26,15 +26,17 @@ import os
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import azure.functions as func
 import structlog
 
 from functions._root import get_app
-from shared.app import Keysteward
 from shared.auth import AuthError, Principal, header_trusted, principal_from_headers, require_role
 from shared.errors import NotFoundError, PermanentError, TransientError, ValidationError
+
+if TYPE_CHECKING:
+    from shared.app import Keysteward
 
 MAX_BODY_BYTES: Final = 16_384
 # The function key may come as ``?code=KEY``; the host hands it to the function with the other

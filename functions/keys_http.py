@@ -15,8 +15,6 @@ from functions._root import get_app
 from shared.auth import ROLE_READ, ROLE_REVOKE, Principal
 from shared.errors import ValidationError
 from shared.keyuri import parse_key_uri
-from shared.preflight import run_check
-from shared.retention import RetentionRefused, disable_version, key_status
 
 bp = func.Blueprint()  # type: ignore[no-untyped-call]  # azure-functions leaves __init__ unannotated
 
@@ -27,6 +25,8 @@ MAX_TEXT = 2000
 @bp.route(route="retire", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
 def retire_version(req: func.HttpRequest) -> func.HttpResponse:
     def handle(principal: Principal, audit: Audit) -> func.HttpResponse:
+        from shared.retention import RetentionRefused, disable_version  # noqa: PLC0415 - cold start: on first use
+
         app = get_app()
         body = check_fields(read_json_body(req), required={"key": str, "reason": str, "ticket": str},
                             max_text=MAX_TEXT)
@@ -52,6 +52,8 @@ def preflight_check(req: func.HttpRequest) -> func.HttpResponse:
         unknown = sorted(set(req.params) - {FUNCTION_KEY_PARAM})
         if unknown:
             raise ValidationError(f"unknown query parameter {unknown[0]!r}", field=unknown[0])
+        from shared.preflight import run_check  # noqa: PLC0415 - cold start: on first use
+
         doc = run_check(get_app())
         audit.outcome = "ok" if doc["ok"] else "violations"
         return json_response(200, doc)
@@ -69,6 +71,8 @@ def key_status_route(req: func.HttpRequest) -> func.HttpResponse:
             raise ValidationError(f"unknown query parameter {unknown[0]!r}", field=unknown[0])
         key = parse_key_uri(req.params.get("key"), allowed_vaults=app.settings.vaults, require_version=False)
         audit.key = key.uri
+        from shared.retention import key_status  # noqa: PLC0415 - cold start: on first use
+
         return json_response(200, key_status(app, key))
 
     return guarded(req, role=ROLE_READ, operation="key-status", handler=handle)

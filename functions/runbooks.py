@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import azure.functions as func
 
@@ -34,9 +34,13 @@ from functions._http import FUNCTION_KEY_PARAM, Audit, check_fields, guarded, js
 from functions._root import get_app
 from shared.auth import ROLE_READ, ROLE_RESTORE, ROLE_REVOKE, Principal, require_role
 from shared.errors import ValidationError
-from shared.journal import Run
 from shared.keyuri import parse_key_uri
-from shared.runbooks import MODES, RestoreRequest, RevokeRequest, RunView, runbooks_for
+
+if TYPE_CHECKING:
+    # The runbook core (and the SDKs behind it) loads on a route's first use, not when the
+    # worker indexes the app on a cold start.
+    from shared.journal import Run
+    from shared.runbooks import RunView
 
 bp = func.Blueprint()  # type: ignore[no-untyped-call]  # azure-functions leaves __init__ unannotated
 
@@ -74,6 +78,8 @@ def revoke(req: func.HttpRequest) -> func.HttpResponse:
     """POST /api/revoke: a dry run (200, the blast radius) or a revocation (202, the run)."""
 
     def handle(principal: Principal, audit: Audit) -> func.HttpResponse:
+        from shared.runbooks import MODES, RevokeRequest, runbooks_for  # noqa: PLC0415 - on first use (cold start)
+
         app = get_app()
         body = check_fields(
             read_json_body(req),
@@ -106,6 +112,8 @@ def restore(req: func.HttpRequest) -> func.HttpResponse:
     """POST /api/restore: undoes one finished revocation (202), at most once (200 duplicate)."""
 
     def handle(principal: Principal, audit: Audit) -> func.HttpResponse:
+        from shared.runbooks import RestoreRequest, runbooks_for  # noqa: PLC0415 - on first use (cold start)
+
         body = check_fields(read_json_body(req), required={"run": str, "reason": str, "ticket": str},
                             max_text=MAX_REASON)
         if len(body["run"]) > MAX_RUN_ID:
@@ -126,6 +134,8 @@ def get_run(req: func.HttpRequest) -> func.HttpResponse:
     """GET /api/runs/{id}: the run (kind, who, why, ticket, status) with its steps."""
 
     def handle(_principal: Principal, audit: Audit) -> func.HttpResponse:
+        from shared.runbooks import runbooks_for  # noqa: PLC0415 - on first use (cold start)
+
         audit.run = _run_id(req)
         view = runbooks_for(get_app()).get(audit.run)
         audit.key = view.run.key
@@ -140,6 +150,8 @@ def list_runs(req: func.HttpRequest) -> func.HttpResponse:
     """GET /api/runs[?key=URI][&limit=N]: runs newest first."""
 
     def handle(_principal: Principal, audit: Audit) -> func.HttpResponse:
+        from shared.runbooks import runbooks_for  # noqa: PLC0415 - on first use (cold start)
+
         app = get_app()
         unknown = sorted(set(req.params) - {"key", "limit", FUNCTION_KEY_PARAM})
         if unknown:
@@ -164,6 +176,8 @@ def approve_run(req: func.HttpRequest) -> func.HttpResponse:
     waits under the two-person rule (202)."""
 
     def handle(principal: Principal, audit: Audit) -> func.HttpResponse:
+        from shared.runbooks import runbooks_for  # noqa: PLC0415 - on first use (cold start)
+
         audit.run = _run_id(req)
         check_fields(read_json_body(req, allow_empty=True), required={})  # nothing to say but "yes"
         view = runbooks_for(get_app()).approve(audit.run, principal, budget=HTTP_WAIT_BUDGET)

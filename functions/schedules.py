@@ -12,9 +12,6 @@ import structlog
 from functions._root import get_app
 from shared import metrics
 from shared.errors import TransientError
-from shared.estate import measure_estate
-from shared.retention import maintenance_pass
-from shared.runbooks import resume_unfinished
 
 bp = func.Blueprint()  # type: ignore[no-untyped-call]  # azure-functions leaves __init__ unannotated
 log = structlog.get_logger("keysteward.timers")
@@ -39,6 +36,10 @@ def reconcile_schedule(timer: func.TimerRequest) -> None:
     log.info("reconcile-pass", keys=len(results), started=sum(len(r.started) for r in results),
              failed=sum(len(r.failed) for r in results))
     # Retention: recover keys deleted while in use, repair drift, retire eligible old versions.
+    from shared.estate import measure_estate  # noqa: PLC0415
+    from shared.retention import maintenance_pass  # noqa: PLC0415 - cold start: the core loads on first use
+    from shared.runbooks import resume_unfinished  # noqa: PLC0415
+
     sweep = maintenance_pass(app)
     log.info("retention-pass", run=sweep.run, retired=len(sweep.retired), repaired=len(sweep.repaired),
              recovered=len(sweep.recovered), errors=len(sweep.errors))

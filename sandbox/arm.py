@@ -25,8 +25,9 @@ table and says where the sandbox still guesses.
   subset of KQL (see :func:`_parse_query`).
 
 Every request needs ``api-version`` (any value), is throttled per subscription (GET is a
-read, PUT/PATCH/POST/DELETE a write; a Resource Graph query counts as a read of the tenant),
-and carries the remaining-budget header. Paths are case-insensitive; absolute URLs are built
+read, PUT/PATCH/POST/DELETE a write) and carries the remaining-budget header; a Resource Graph
+query is metered per user by a quota per window and carries Resource Graph's quota headers.
+Paths are case-insensitive; absolute URLs are built
 from the host the client used.
 """
 
@@ -35,6 +36,7 @@ from __future__ import annotations
 import base64
 import binascii
 import copy
+import json
 import math
 import re
 import uuid
@@ -98,9 +100,23 @@ def handle(world: World, req: Request) -> Response:
         r"/providers/microsoft\.resourcegraph/resources/?", req.path, re.IGNORECASE
     )
     write = req.method not in ("GET", "HEAD") and not is_graph
-    granted, retry_after, headers = world.throttle.arm(
-        sub or f"tenant:{world.tenant_id}", write=write, now=world.clock.timestamp()
-    )
+    if is_graph:
+        # Resource Graph meters queries per user, not per subscription (sandbox/faults.py cites it).
+        granted, retry_after, headers = world.throttle.graph(
+            f"tenant:{world.tenant_id}", now=world.clock.timestamp()
+        )
+        if not granted:
+            return error_response(
+                429,
+                "RateLimiting",
+                "Please provide below info when asking for support: the client has exceeded its query quota. "
+                f"Please try again after {retry_after} seconds.",
+                {**headers, "Retry-After": str(retry_after)},
+            )
+    else:
+        granted, retry_after, headers = world.throttle.arm(
+            sub or f"tenant:{world.tenant_id}", write=write, now=world.clock.timestamp()
+        )
     if not granted:
         return error_response(
             429,
@@ -1594,7 +1610,10 @@ GRAPH_COLUMNS = (
     "extendedLocation",
 )
 _COLUMN_BY_LOWER = {c.lower(): c for c in GRAPH_COLUMNS}
-_FILTER_COLUMNS = ("id", "name", "type", "kind", "location", "resourceGroup", "subscriptionId", "tenantId")
+_FILTER_COLUMNS = (
+    "id", "name", "type", "kind", "location", "resourceGroup", "subscriptionId", "tenantId",
+    "properties", "tags", "identity", "sku",
+)
 
 
 class _QueryError(Exception):
@@ -1604,10 +1623,13 @@ class _QueryError(Exception):
 _TOKEN = re.compile(
     r"\s*(?:(?P<str>'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")"
     r"|(?P<op>!in~|in~|=~|!~|==|!=|\(|\)|,)"
-    r"|(?P<word>!?[A-Za-z_][A-Za-z0-9_]*))"
+    r"|(?P<word>!?[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*))"
 )
 
 Predicate = Callable[[JsonObj], bool]
+Getter = Callable[[JsonObj], Any]
+_FUNCTIONS: dict[str, Callable[[str], str]] = {"tostring": str, "tolower": str.lower, "toupper": str.upper}
+_DYNAMIC_COLUMNS = ("properties", "tags", "identity", "sku")
 
 
 def _tokens(text: str) -> list[tuple[str, str]]:
@@ -1674,6 +1696,36 @@ class _WhereParser:
             parts.append(self._atom())
         return parts[0] if len(parts) == 1 else _all_of(parts)
 
+    def _operand(self, tok: tuple[str, str]) -> Getter:
+        """A column, a dotted path into a dynamic column (``properties.a.b``), or ``tostring(x)``
+        / ``tolower(x)`` / ``toupper(x)`` of one (learn.microsoft.com/kusto/query/
+        tostring-function, tolower-function)."""
+        if tok[0] == "word" and tok[1].lower() in _FUNCTIONS and self._peek() == ("op", "("):
+            self.i += 1
+            inner = self._operand(self._take())
+            if self._take() != ("op", ")"):
+                raise _QueryError(f"missing ')' after {tok[1]}(")
+            fn = _FUNCTIONS[tok[1].lower()]
+            return lambda row: fn(_kql_string(inner(row)))
+        head, _, rest = tok[1].partition(".")
+        if tok[0] != "word" or head.lower() not in {c.lower() for c in _FILTER_COLUMNS} or (
+            rest and _COLUMN_BY_LOWER[head.lower()] not in _DYNAMIC_COLUMNS
+        ):
+            raise _QueryError(
+                f"'{tok[1]}' is not a supported column for where (supported: {', '.join(_FILTER_COLUMNS)}, "
+                f"and paths into {', '.join(_DYNAMIC_COLUMNS)})"
+            )
+        column = _COLUMN_BY_LOWER[head.lower()]
+        path = rest.split(".") if rest else []
+
+        def get(row: JsonObj) -> Any:
+            value: Any = row.get(column)
+            for part in path:  # property names in dynamic values are case-sensitive in KQL
+                value = value.get(part) if isinstance(value, dict) else None
+            return value
+
+        return get
+
     def _atom(self) -> Predicate:
         tok = self._take()
         if tok == ("op", "("):
@@ -1681,12 +1733,13 @@ class _WhereParser:
             if self._take() != ("op", ")"):
                 raise _QueryError("missing ')'")
             return inner
-        if tok[0] != "word" or tok[1].lower() not in {c.lower() for c in _FILTER_COLUMNS}:
-            raise _QueryError(
-                f"'{tok[1]}' is not a supported column for where (supported: {', '.join(_FILTER_COLUMNS)})"
-            )
-        column = _COLUMN_BY_LOWER[tok[1].lower()]
+        column = self._operand(tok)
         op = self._take()
+        if op[0] == "word" and op[1].lower() in ("has", "!has"):
+            value = self._take()
+            if value[0] != "str":
+                raise _QueryError(f"expected a quoted string after {op[1]}")
+            return _has(column, value[1], negate=op[1].startswith("!"))
         if op[1] in self._OPS and op[0] == "op":
             value = self._take()
             if value[0] != "str":
@@ -1707,7 +1760,9 @@ class _WhereParser:
                 if sep != ("op", ","):
                     raise _QueryError(f"expected ',' or ')' in the {op[1]} list")
             return _compare(column, op[1].lower(), values)
-        raise _QueryError(f"unsupported operator '{op[1]}' (supported: ==, !=, =~, !~, in, !in, in~, !in~)")
+        raise _QueryError(
+            f"unsupported operator '{op[1]}' (supported: ==, !=, =~, !~, in, !in, in~, !in~, has, !has)"
+        )
 
 
 def _any_of(parts: list[Predicate]) -> Predicate:
@@ -1718,14 +1773,45 @@ def _all_of(parts: list[Predicate]) -> Predicate:
     return lambda row: all(p(row) for p in parts)
 
 
-def _compare(column: str, op: str, values: list[str]) -> Predicate:
+def _kql_string(value: Any) -> str:
+    """``tostring()`` of a cell: a dynamic value as compact JSON, a boolean as ``true``/``false``,
+    null as the empty string (learn.microsoft.com/kusto/query/tostring-function)."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict | list):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
+def _compare(column: Getter, op: str, values: list[str]) -> Predicate:
+    # ==, != and in are case-sensitive; =~, !~ and in~ are not (learn.microsoft.com/kusto/query/
+    # datatypes-string-operators).
     insensitive = op in ("=~", "!~", "in~", "!in~")
     negate = op.startswith("!")
     wanted = {v.lower() for v in values} if insensitive else set(values)
 
     def pred(row: JsonObj) -> bool:
-        cell = str(row.get(column) or "")
+        cell = _kql_string(column(row))
         hit = (cell.lower() if insensitive else cell) in wanted
+        return hit != negate
+
+    return pred
+
+
+def _has(column: Getter, term: str, *, negate: bool) -> Predicate:
+    """``has``: case-insensitive, the right side is a whole term (or a run of terms) of the left
+    side. Terms are maximal runs of ASCII letters and digits (learn.microsoft.com/kusto/query/
+    datatypes-string-operators, "What is a term?"), so a match must not extend into a letter or
+    digit on either side. A right side with inner punctuation (``kv.vault.azure.net``) matches
+    as that exact run, bounded the same way; this phrase reading is the sandbox's (the docs
+    describe only single terms)."""
+    needle = term.lower()
+    pattern = re.compile(r"(?<![A-Za-z0-9])" + re.escape(needle) + r"(?![A-Za-z0-9])")
+
+    def pred(row: JsonObj) -> bool:
+        hit = bool(needle) and pattern.search(_kql_string(column(row)).lower()) is not None
         return hit != negate
 
     return pred

@@ -4,7 +4,14 @@ Fault rules match on method and a path regex (and optionally a host regex) and a
 a status (optionally with ``Retry-After``), add latency, or drop the connection, a given
 number of ``times`` (or forever). Throttling is a token bucket per subscription for ARM reads
 and writes (Azure's defaults: writes 200 refilling 10/s, reads 250 refilling 25/s) and per
-vault for Key Vault, refilled by the sandbox clock.
+vault for Key Vault, refilled by the sandbox clock, and a quota per window for Resource Graph.
+
+Throttling answers carry the headers Azure sends (cited where each is built):
+``x-ms-ratelimit-remaining-subscription-reads|writes|deletes`` on every ARM response and
+``Retry-After`` on a 429 (learn.microsoft.com/azure/azure-resource-manager/management/
+request-limits-and-throttling); ``x-ms-user-quota-remaining`` and
+``x-ms-user-quota-resets-after`` (``hh:mm:ss``) on every Resource Graph response
+(learn.microsoft.com/azure/governance/resource-graph/concepts/guidance-for-throttled-requests).
 """
 
 from __future__ import annotations
@@ -171,6 +178,9 @@ class ThrottleSettings:
     # Key Vault, software keys, RSA 2048: 20 creates and 4,000 other operations per 10 s per vault.
     kv_creates_per_10s: float = 20.0
     kv_ops_per_10s: float = 4000.0
+    # Resource Graph: queries per user per window (guidance-for-throttled-requests: 15 per 5 s).
+    graph_quota: float = 15.0
+    graph_window_s: float = 5.0
 
 
 class Throttle:
@@ -209,6 +219,30 @@ class Throttle:
             granted, wait, remaining = self._bucket((subscription.lower(), kind), cap, rate).take(now)
         headers = {f"x-ms-ratelimit-remaining-subscription-{kind}": str(remaining)}
         return granted, max(1, math.ceil(wait)) if not granted else 0, headers
+
+    def graph(self, user: str, *, now: float) -> tuple[bool, int, dict[str, str]]:
+        """(granted, retry_after_s, headers) for one Resource Graph query by ``user``: a fixed
+        window of ``graph_window_s`` holding ``graph_quota`` queries, as Resource Graph meters
+        them. The headers are sent on every answer, 429 included; the 429's ``Retry-After`` is
+        the window's remaining time (the docs name only the quota headers: a guess)."""
+        s = self.settings
+        if not s.enabled:
+            return True, 0, {}
+        with self._lock:
+            key = (user.lower(), "graph")
+            bucket = self._buckets.get(key)
+            if bucket is None or now >= bucket.last + s.graph_window_s or now < bucket.last:
+                # A new window starts with this query (``last`` holds the window's start).
+                bucket = self._buckets[key] = TokenBucket(s.graph_quota, 0.0, tokens=s.graph_quota, last=now)
+            granted = bucket.tokens >= 1.0
+            if granted:
+                bucket.tokens -= 1.0
+            resets = max(0.0, bucket.last + s.graph_window_s - now)
+            remaining = int(bucket.tokens)
+        whole = math.ceil(resets)
+        headers = {"x-ms-user-quota-remaining": str(remaining),
+                   "x-ms-user-quota-resets-after": f"{whole // 3600:02d}:{whole % 3600 // 60:02d}:{whole % 60:02d}"}
+        return granted, 0 if granted else max(1, whole), headers
 
     def vault(self, vault: str, *, create: bool, now: float) -> tuple[bool, int]:
         s = self.settings

@@ -18,15 +18,25 @@ import structlog
 from azure.core.credentials import TokenCredential
 from azure.core.pipeline.transport import HttpTransport
 
-from shared.clients import ClientFactory, factory_for
+from shared.clients import ClientFactory, factory_for, pacer_for
 from shared.clock import Clock, RemoteSandboxClock, SystemClock
 from shared.config import Settings
+from shared.errors import TransientError, ValidationError
 from shared.events import IgnoredEvent, KeyEventType, KeyVaultEvent
-from shared.inventory import ArmInventory, Inventory, ResourceGraphInventory, by_key, for_key
+from shared.idempotency import (
+    Claim,
+    IdempotencyStore,
+    MemoryIdempotencyStore,
+    PassMark,
+    TableIdempotencyStore,
+    covers,
+)
+from shared.inventory import ArmInventory, Inventory, ResourceGraphInventory, bindings_of_key, by_key
 from shared.journal import Journal, MemoryJournal, from_connection_string, from_identity
 from shared.keyvault import KeyStore, SdkKeyStore
 from shared.model import Binding, KeyRef, ServiceType
 from shared.notify import EventGridNotifier, LogNotifier, Notifier, Outcome
+from shared.pacing import Pacer
 from shared.reconcile import PassResult, Reconciler, WriteBudget
 from shared.rotation import RotationResult, Rotator
 from shared.targets import Target, build_targets
@@ -37,7 +47,7 @@ from shared.workqueue import MAX_CONFIRM_ATTEMPTS, MemoryQueue, StorageWorkQueue
 class EventResult:
     """What handling one Key Vault event did (for the trigger's log line and tests)."""
 
-    action: str  # reconciled | fanned-out | rotated | notified | ignored | skipped
+    action: str  # reconciled | fanned-out | rotated | notified | ignored | skipped | duplicate | coalesced
     detail: str = ""
     passes: list[PassResult] = field(default_factory=list)
     enqueued: list[WorkItem] = field(default_factory=list)
@@ -60,6 +70,7 @@ class Keysteward:
         clients: ClientFactory | None = None,
         budget: WriteBudget | None = None,
         journal: Journal | Callable[[], Journal] | None = None,
+        idempotency: IdempotencyStore | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
@@ -69,6 +80,8 @@ class Keysteward:
         self.notifier = notifier
         self.queue = queue
         self.clients = clients
+        # Handled event ids and the last pass per key (duplicates and bursts coalesce).
+        self.idempotency: IdempotencyStore = idempotency or MemoryIdempotencyStore(clock, ttl=settings.event_dedup)
         # The runbook journal: given, built on first use by a factory, or kept in memory.
         self._journal: Journal | None = None if callable(journal) else journal
         self._journal_factory: Callable[[], Journal] | None = journal if callable(journal) else None
@@ -117,20 +130,55 @@ class Keysteward:
             self.log.info("event-out-of-scope", event_id=event.event_id, key=str(event.key))
             return EventResult("ignored", f"vault {event.key.vault_url} is not in KEYSTEWARD_VAULTS")
         handler = self._routes[event.event_type]
-        return handler(self, event)
+        return self._once(event, lambda: handler(self, event))
+
+    def _once(self, event: KeyVaultEvent, handle: Callable[[], EventResult]) -> EventResult:
+        """Runs ``handle`` unless this event id was handled already (a duplicate delivery is a
+        no-op); raises TransientError while another invocation is handling the same id, so
+        Event Grid redelivers it later. A failure forgets the claim, so the redelivery runs."""
+        claim = self.idempotency.claim(event.event_id)
+        if claim is Claim.DONE:
+            self.log.info("event-duplicate", event_id=event.event_id, key=str(event.key))
+            return EventResult("duplicate", f"event {event.event_id} was handled already")
+        if claim is Claim.IN_PROGRESS:
+            raise TransientError(f"event {event.event_id} is being handled by another invocation")
+        try:
+            result = handle()
+        except BaseException:
+            self.idempotency.release(event.event_id)
+            raise
+        self.idempotency.complete(event.event_id)
+        return result
+
+    def key_bindings(self, key: KeyRef) -> list[Binding]:
+        """The bindings of ``key`` in the watched subscriptions, reading only what the inventory
+        allows: one filtered Resource Graph query, or the ARM lists filtered here."""
+        return bindings_of_key(self.inventory, key, self.settings.subscriptions)
 
     def _on_new_version(self, event: KeyVaultEvent) -> EventResult:
         key = event.key.versionless()
-        bindings = for_key(self.inventory.bindings(self.settings.subscriptions), key)
+        if covers(self.idempotency.last_pass(key.uri), version=event.key.version, event_time=event.event_time):
+            # A pass since this event's version appeared already moved every binding to the
+            # key's current version: one pass for a burst of events.
+            self.log.info("event-coalesced", event_id=event.event_id, key=str(key), version=event.key.version)
+            return EventResult("coalesced", "a pass already reconciled this version or a newer one")
+        bindings = self.key_bindings(key)
         subs = sorted({b.subscription for b in bindings})
         if len(subs) > 1:
-            items = [WorkItem(key.uri, sub, event_id=event.event_id) for sub in subs]
+            current = self.keys.current(key)
+            items = [WorkItem(key.uri, sub, event_id=event.event_id,
+                              resources=_carried([b for b in bindings if b.subscription == sub]))
+                     for sub in subs]
             for item in items:
                 self.queue.put(item)
+            self.idempotency.mark_pass(key.uri, PassMark(current.version, current.created))
             return EventResult("fanned-out", f"{len(items)} subscriptions", enqueued=items)
         result = self.reconciler.reconcile_key(key, bindings=bindings, event_id=event.event_id,
                                                revoked_by=self.revocation_in_force(key))
-        enqueued = self._follow_up(WorkItem(key.uri, subs[0] if subs else "", event_id=event.event_id), result)
+        enqueued = self._follow_up(WorkItem(key.uri, subs[0] if subs else "", event_id=event.event_id,
+                                            resources=_carried(bindings)), result)
+        if result.current is not None and not result.failed:
+            self.idempotency.mark_pass(key.uri, PassMark(result.current.version, result.current.created))
         return EventResult("reconciled", "", passes=[result], enqueued=enqueued)
 
     def _on_near_expiry(self, event: KeyVaultEvent) -> EventResult:
@@ -157,9 +205,27 @@ class Keysteward:
         result = self.reconciler.reconcile_key(
             key, subscriptions=[item.subscription], event_id=item.event_id, started_before=item.started,
             revoked_by=self.revocation_in_force(key),
+            bindings=self._read_resources(key, item) if item.resources
+            else bindings_of_key(self.inventory, key, [item.subscription]),
         )
         self._follow_up(item, result)
         return result
+
+    def _read_resources(self, key: KeyRef, item: WorkItem) -> list[Binding]:
+        """The bindings a work item carries, each read live (one GET per resource instead of
+        listing the subscription); a resource gone or moved to another key is left out."""
+        out: list[Binding] = []
+        for entry in item.resources:
+            service_text, _, resource_id = entry.partition(" ")
+            try:
+                target = self.targets[ServiceType(service_text)]
+            except (ValueError, KeyError) as err:
+                raise ValidationError(f"work item names an unknown service {service_text!r}",
+                                      field="resources") from err
+            binding = target.get_binding(resource_id)
+            if binding is not None and binding.key.key_id == key.key_id:
+                out.append(binding)
+        return out
 
     def _follow_up(self, item: WorkItem, result: PassResult) -> list[WorkItem]:
         if not result.pending or not item.subscription:
@@ -205,11 +271,33 @@ class Keysteward:
         return [self.rotator.rotate_if_old(k) for k in self.managed_keys()]
 
 
+# A work item carries its bindings' ids when there are at most this many: reading each costs
+# one ARM read, while finding them again costs at least one list call per service type (and a
+# page per 100 resources of the subscription). More than this: the item reads its
+# subscription's bindings of the key through the inventory's filtered path instead.
+MAX_CARRIED_RESOURCES = 16
+
+
+def _carried(bindings: list[Binding]) -> tuple[str, ...]:
+    if len(bindings) > MAX_CARRIED_RESOURCES:
+        return ()
+    return tuple(f"{b.service.value} {b.resource_id}" for b in bindings)
+
+
 def _clock_for(settings: Settings) -> Clock:
     conn = settings.sandbox_connection
     if conn is not None:
         return RemoteSandboxClock(conn.admin_url, ca_bundle=conn.ca_bundle)
     return SystemClock()
+
+
+def _pacer_for(settings: Settings, clock: Clock) -> Pacer:
+    """ARM pacing on real time in Azure (and against a sandbox server, whose buckets refill in
+    real time); on the given clock otherwise (an in-process sandbox refills its buckets on its
+    own clock, which waiting on it moves)."""
+    if isinstance(clock, SystemClock | RemoteSandboxClock):
+        return pacer_for(settings)
+    return pacer_for(settings, sleep=clock.sleep, monotonic=lambda: clock.now().timestamp())
 
 
 def build(
@@ -223,20 +311,23 @@ def build(
     polling_interval: float | None = None,
     budget: WriteBudget | None = None,
     journal: Journal | None = None,
+    pacer: Pacer | None = None,
 ) -> Keysteward:
     """Wires every dependency for ``settings``; what is passed in replaces the default.
 
-    ``budget`` replaces the ARM write budget built from the settings (it paces writes per
-    subscription; a benchmark passes one on the sandbox's clock). The work queue and the run
+    ``pacer`` replaces the adaptive ARM pacer built from the settings (:mod:`shared.pacing`;
+    a benchmark passes one on its simulated clock); ``budget`` adds a static write limit. The work queue and the run
     journal (a :class:`~shared.journal.TableJournal`, tables created on first use) go to the
     storage account of ``AzureWebJobsStorage``, by connection string or, when only the
     identity-based settings are given, with the app's credential; without either, to memory.
     """
+    clock = clock or _clock_for(settings)
     clients = factory_for(settings, transport_factory=transport_factory, credential=credential,
-                          polling_interval=polling_interval)
+                          polling_interval=polling_interval, pacer=pacer or _pacer_for(settings, clock))
     targets = build_targets(clients)
     inventory: Inventory = (
-        ResourceGraphInventory(clients, targets) if settings.inventory == "resourcegraph" else ArmInventory(targets)
+        ResourceGraphInventory(clients, targets) if settings.inventory == "resourcegraph"
+        else ArmInventory(targets, clients)
     )
     if notifier is None:
         notifier = (
@@ -251,7 +342,6 @@ def build(
             queue = StorageWorkQueue.with_identity(settings.storage_queue_uri, settings.work_queue, clients.credential)
         else:
             queue = MemoryQueue()
-    clock = clock or _clock_for(settings)
     journal_source: Journal | Callable[[], Journal] | None = journal
     if journal_source is None and settings.storage_connection:
         journal_source = functools.partial(from_connection_string, settings.storage_connection, clock=clock,
@@ -259,6 +349,15 @@ def build(
     elif journal_source is None and settings.storage_table_uri:
         journal_source = functools.partial(from_identity, settings.storage_table_uri, clients.credential, clock=clock,
                                            table_prefix=settings.table_prefix)
+
+    idempotency: IdempotencyStore | None = None
+    if settings.storage_connection:
+        idempotency = TableIdempotencyStore.from_connection_string(
+            settings.storage_connection, clock, table_prefix=settings.table_prefix, ttl=settings.event_dedup)
+    elif settings.storage_table_uri:
+        idempotency = TableIdempotencyStore.from_identity(
+            settings.storage_table_uri, clients.credential, clock, table_prefix=settings.table_prefix,
+            ttl=settings.event_dedup)
 
     return Keysteward(
         settings=settings,
@@ -271,6 +370,7 @@ def build(
         clients=clients,
         budget=budget,
         journal=journal_source,
+        idempotency=idempotency,
     )
 
 

@@ -11,18 +11,24 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from azure.core.credentials import AccessToken, TokenCredential
-from azure.core.pipeline.transport import HttpTransport
-from azure.keyvault.keys import KeyClient
-from azure.mgmt.cosmosdb import CosmosDBManagementClient
-from azure.mgmt.keyvault import KeyVaultManagementClient
-from azure.mgmt.kusto import KustoManagementClient
-from azure.mgmt.resourcegraph import ResourceGraphClient
+from azure.core.pipeline import PipelineRequest, PipelineResponse
+from azure.core.pipeline.policies import HTTPPolicy
 
 from shared.config import Settings
 from shared.metrics import ArmCallMeter
+from shared.pacing import Pacer, bucket_of, caps_from
+
+if TYPE_CHECKING:
+    # The SDK clients are imported when first built, not when the app is indexed (cold start).
+    from azure.core.pipeline.transport import HttpTransport
+    from azure.keyvault.keys import KeyClient
+    from azure.mgmt.cosmosdb import CosmosDBManagementClient
+    from azure.mgmt.keyvault import KeyVaultManagementClient
+    from azure.mgmt.kusto import KustoManagementClient
+    from azure.mgmt.resourcegraph import ResourceGraphClient
 
 ARM_URL = "https://management.azure.com"
 ARM_SCOPES = ("https://management.azure.com/.default",)
@@ -33,6 +39,30 @@ class StaticTokenCredential:
 
     def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:  # noqa: ARG002 - any scope: the sandbox
         return AccessToken("sandbox-token", int(time.time()) + 3600)
+
+
+class PacingPolicy(HTTPPolicy[Any, Any]):
+    """Paces every management-plane request attempt through the shared :class:`Pacer` and
+    hands it each response's throttling headers (``x-ms-ratelimit-remaining-subscription-*``,
+    ``x-ms-user-quota-*``, ``Retry-After`` on 429). Placed per retry (after the SDK's
+    RetryPolicy), so retries and long-running-operation polls are paced too."""
+
+    def __init__(self, pacer: Pacer) -> None:
+        super().__init__()
+        self._pacer = pacer
+
+    def send(self, request: PipelineRequest[Any]) -> PipelineResponse[Any, Any]:
+        http = request.http_request
+        scope, kind = bucket_of(http.method, http.url)
+        ticket = self._pacer.acquire(scope, kind)
+        try:
+            response = self.next.send(request)
+        except BaseException:
+            self._pacer.release(scope, kind)
+            raise
+        answer = response.http_response
+        self._pacer.observe(scope, kind, ticket, status=answer.status_code, headers=answer.headers)
+        return response
 
 
 @dataclass
@@ -47,6 +77,8 @@ class ClientFactory:
     polling_interval: float = 30.0
     # Sandbox vaults listen on loopback ports, so the challenge resource cannot match the host.
     verify_challenge_resource: bool = True
+    # Paces ARM and Resource Graph requests per subscription (shared by every client made here).
+    pacer: Pacer = field(default_factory=Pacer)
     _cache: dict[tuple[str, str], Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -63,6 +95,7 @@ class ClientFactory:
             "credential_scopes": list(self.credential_scopes),
             "polling_interval": self.polling_interval,
             "custom_hook_policy": ArmCallMeter(),  # ARM calls and 429s per subscription (shared/metrics.py)
+            "per_retry_policies": [PacingPolicy(self.pacer)],
         }
 
     def _cached(self, kind: str, key: str, make: Callable[[], Any]) -> Any:
@@ -73,30 +106,40 @@ class ClientFactory:
             return client
 
     def kusto(self, subscription: str) -> KustoManagementClient:
+        from azure.mgmt.kusto import KustoManagementClient  # noqa: PLC0415 - on first use (cold start)
+
         client: KustoManagementClient = self._cached(
             "kusto", subscription, lambda: KustoManagementClient(self.credential, subscription, **self._mgmt())
         )
         return client
 
     def cosmos(self, subscription: str) -> CosmosDBManagementClient:
+        from azure.mgmt.cosmosdb import CosmosDBManagementClient  # noqa: PLC0415 - on first use
+
         client: CosmosDBManagementClient = self._cached(
             "cosmos", subscription, lambda: CosmosDBManagementClient(self.credential, subscription, **self._mgmt())
         )
         return client
 
     def keyvault_mgmt(self, subscription: str) -> KeyVaultManagementClient:
+        from azure.mgmt.keyvault import KeyVaultManagementClient  # noqa: PLC0415 - on first use
+
         client: KeyVaultManagementClient = self._cached(
             "kvmgmt", subscription, lambda: KeyVaultManagementClient(self.credential, subscription, **self._mgmt())
         )
         return client
 
     def resource_graph(self) -> ResourceGraphClient:
+        from azure.mgmt.resourcegraph import ResourceGraphClient  # noqa: PLC0415 - on first use
+
         client: ResourceGraphClient = self._cached(
             "graph", "", lambda: ResourceGraphClient(self.credential, **self._mgmt())
         )
         return client
 
     def keys(self, vault_url: str) -> KeyClient:
+        from azure.keyvault.keys import KeyClient  # noqa: PLC0415 - on first use
+
         client: KeyClient = self._cached(
             "keys",
             vault_url,
@@ -109,14 +152,67 @@ class ClientFactory:
         )
         return client
 
+    def arm_get_text(self, url: str, *, what: str) -> str:
+        """GET ``url`` (an absolute ARM URL) through a paced ARM pipeline; the body as text.
+
+        Raises TransientError for a throttled, failing or unreachable ARM (408, 429, 5xx,
+        connection errors) and PermanentError for any other status but 200."""
+        from azure.core.exceptions import AzureError  # noqa: PLC0415 - on first use
+        from azure.core.rest import HttpRequest  # noqa: PLC0415
+
+        from shared.errors import PermanentError, TransientError, translate  # noqa: PLC0415
+
+        try:
+            response = self._arm_reader().send_request(HttpRequest("GET", url, headers={"Accept": "application/json"}))
+            status = response.status_code
+            text = str(response.text())
+        except AzureError as err:
+            raise translate(err, what=what) from err
+        if status == 200:
+            return text
+        if status in (408, 429) or status >= 500:
+            raise TransientError(f"{what}: HTTP {status}")
+        raise PermanentError(f"{what}: HTTP {status}", status=status)
+
+    def _arm_reader(self) -> Any:
+        def make() -> Any:
+            from azure.core.pipeline.policies import (  # noqa: PLC0415 - on first use
+                HeadersPolicy,
+                RequestIdPolicy,
+                RetryPolicy,
+                UserAgentPolicy,
+            )
+            from azure.mgmt.core import ARMPipelineClient  # noqa: PLC0415
+            from azure.mgmt.core.policies import ARMChallengeAuthenticationPolicy  # noqa: PLC0415
+
+            policies = [RequestIdPolicy(), HeadersPolicy(), UserAgentPolicy(sdk_moniker="keysteward"), RetryPolicy(),
+                        PacingPolicy(self.pacer),
+                        ARMChallengeAuthenticationPolicy(self.credential, *self.credential_scopes)]
+            extra = {k: v for k, v in self._common().items() if k in ("transport", "connection_verify")}
+            return ARMPipelineClient(base_url=self.arm_url, policies=policies, **extra)
+
+        return self._cached("arm-reader", "", make)
+
     def arm_pipeline_kwargs(self) -> dict[str, Any]:
         """Arguments for a generic ARM pipeline client (read-only reads of other providers)."""
         return self._mgmt()
 
 
+def pacer_for(settings: Settings, *, sleep: Callable[[float], None] = time.sleep,
+              monotonic: Callable[[], float] = time.monotonic) -> Pacer:
+    """The adaptive pacer for these settings: the reserve, and the old static write settings
+    as optional caps (unset: no cap, the budget is learnt from ARM's answers)."""
+    return Pacer(reserve=settings.arm_reserve,
+                 caps=caps_from(write_burst=settings.arm_write_burst, writes_per_s=settings.arm_writes_per_s),
+                 sleep=sleep, monotonic=monotonic)
+
+
 def factory_for(settings: Settings, *, transport_factory: Callable[[], HttpTransport[Any, Any]] | None = None,
-                credential: TokenCredential | None = None, polling_interval: float | None = None) -> ClientFactory:
-    """The composition root's client factory for these settings."""
+                credential: TokenCredential | None = None, polling_interval: float | None = None,
+                pacer: Pacer | None = None) -> ClientFactory:
+    """The composition root's client factory for these settings (``pacer``: one built by
+    :func:`pacer_for` on real time when not given)."""
+    pacer = pacer or pacer_for(settings)
     conn = settings.sandbox_connection
     if conn is not None:
         return ClientFactory(
@@ -127,6 +223,7 @@ def factory_for(settings: Settings, *, transport_factory: Callable[[], HttpTrans
             transport_factory=transport_factory,
             polling_interval=1.0 if polling_interval is None else polling_interval,
             verify_challenge_resource=False,
+            pacer=pacer,
         )
     if credential is None:
         from azure.identity import DefaultAzureCredential  # noqa: PLC0415 - only needed in Azure
@@ -137,4 +234,5 @@ def factory_for(settings: Settings, *, transport_factory: Callable[[], HttpTrans
         transport_factory=transport_factory,
         polling_interval=30.0 if polling_interval is None else polling_interval,
         verify_challenge_resource=True,
+        pacer=pacer,
     )

@@ -8,6 +8,7 @@ one fails loudly at start (:class:`ConfigError`), never later on a revoke path.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -70,10 +71,14 @@ class Settings:
     """KEYSTEWARD_RETENTION_HOURS (24): hours an old version stays enabled after its successor."""
     max_concurrency: int = 16
     """KEYSTEWARD_MAX_CONCURRENCY (16): updates started in parallel per (key, subscription)."""
-    arm_writes_per_s: float = 5.0
-    """KEYSTEWARD_ARM_WRITES_PER_S (5): our share of a subscription's ARM write refill rate."""
-    arm_write_burst: int = 100
-    """KEYSTEWARD_ARM_WRITE_BURST (100): our share of a subscription's ARM write bucket."""
+    arm_writes_per_s: float | None = None
+    """KEYSTEWARD_ARM_WRITES_PER_S (unset): optional cap on ARM writes per second per subscription."""
+    arm_write_burst: int | None = None
+    """KEYSTEWARD_ARM_WRITE_BURST (unset): optional cap on a burst of ARM writes per subscription."""
+    arm_reserve: float = 0.2
+    """KEYSTEWARD_ARM_RESERVE_PERCENT (20): share of the ARM budget ARM reports that is left to other tools."""
+    event_dedup: timedelta = timedelta(hours=24)
+    """KEYSTEWARD_EVENT_DEDUP_HOURS (24): how long a handled event id is remembered (Event Grid retries for 24 h)."""
     lag_alert: timedelta = timedelta(hours=2)
     """KEYSTEWARD_LAG_ALERT_MINUTES (120): when a versionless binding is reported as lagging."""
     expiry_margin: timedelta = timedelta(days=7)
@@ -180,6 +185,23 @@ def _number(env: Mapping[str, str], name: str, default: float, *, minimum: float
     return value
 
 
+def _optional_number(env: Mapping[str, str], name: str, *, minimum: float, maximum: float = math.inf) -> float | None:
+    """A finite number within [minimum, maximum], or ``None`` when unset; NaN and infinities
+    are refused (``float()`` accepts both, and NaN would pass any comparison)."""
+    raw = env.get(name)
+    if raw is None or not raw.strip():
+        return None
+    try:
+        value = float(raw)
+    except ValueError as err:
+        raise ConfigError(f"{name}: {raw!r} is not a number") from err
+    if not math.isfinite(value):
+        raise ConfigError(f"{name}: {raw!r} is not a finite number")
+    if value < minimum or value > maximum:
+        raise ConfigError(f"{name}: {value} is outside [{minimum}, {maximum}]")
+    return value
+
+
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raw = env.get(name)
     if raw is None or not raw.strip():
@@ -240,8 +262,13 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         storage_table_uri=table_uri,
         retention=timedelta(hours=retention_hours),
         max_concurrency=int(_number(env, "KEYSTEWARD_MAX_CONCURRENCY", 16, minimum=1)),
-        arm_writes_per_s=_number(env, "KEYSTEWARD_ARM_WRITES_PER_S", 5.0, minimum=0.1),
-        arm_write_burst=int(_number(env, "KEYSTEWARD_ARM_WRITE_BURST", 100, minimum=1)),
+        arm_writes_per_s=_optional_number(env, "KEYSTEWARD_ARM_WRITES_PER_S", minimum=0.1),
+        arm_write_burst=None if (burst := _optional_number(env, "KEYSTEWARD_ARM_WRITE_BURST", minimum=1)) is None
+        else int(burst),
+        arm_reserve=(_optional_number(env, "KEYSTEWARD_ARM_RESERVE_PERCENT", minimum=0, maximum=90) or 0.0) / 100
+        if env.get("KEYSTEWARD_ARM_RESERVE_PERCENT", "").strip() else 0.2,
+        event_dedup=timedelta(hours=_optional_number(env, "KEYSTEWARD_EVENT_DEDUP_HOURS", minimum=0.01,
+                                                     maximum=24 * 30) or 24),
         lag_alert=timedelta(minutes=_number(env, "KEYSTEWARD_LAG_ALERT_MINUTES", 120, minimum=1)),
         expiry_margin=timedelta(days=_number(env, "KEYSTEWARD_EXPIRY_MARGIN_DAYS", 7, minimum=0)),
         rotation_max_age=timedelta(days=_number(env, "KEYSTEWARD_ROTATION_MAX_AGE_DAYS", 90, minimum=1)),

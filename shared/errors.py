@@ -12,16 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
-from azure.core.exceptions import (
-    AzureError,
-    ClientAuthenticationError,
-    HttpResponseError,
-    ResourceExistsError,
-    ResourceNotFoundError,
-    ServiceRequestError,
-    ServiceResponseError,
-)
+if TYPE_CHECKING:
+    # azure-core loads with the first SDK call, not when the Functions worker indexes the app.
+    from azure.core.exceptions import AzureError, HttpResponseError
 
 TRANSIENT_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 
@@ -66,6 +61,8 @@ class ValidationError(PermanentError):
 @contextmanager
 def azure_errors(what: str) -> Iterator[None]:
     """Translates any azure-core error raised inside the block (see :func:`translate`)."""
+    from azure.core.exceptions import AzureError  # noqa: PLC0415 - cold start: on first use
+
     try:
         yield
     except AzureError as err:
@@ -88,6 +85,15 @@ def _retry_after(err: HttpResponseError) -> float | None:
 
 def translate(err: AzureError, *, what: str) -> KeystewardError:
     """Maps an azure-core error to Transient/Permanent. ``what`` says what was being done."""
+    from azure.core.exceptions import (  # noqa: PLC0415 - cold start: on first use
+        ClientAuthenticationError,
+        HttpResponseError,
+        ResourceExistsError,
+        ResourceNotFoundError,
+        ServiceRequestError,
+        ServiceResponseError,
+    )
+
     if isinstance(err, ServiceRequestError | ServiceResponseError):
         return TransientError(f"{what}: connection failed ({type(err).__name__})")
     if isinstance(err, ResourceNotFoundError):

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -25,10 +26,13 @@ from shared.clock import Clock
 from shared.config import Settings
 from shared.errors import KeystewardError, PermanentError, TransientError
 from shared.inventory import Inventory, for_key
-from shared.keyvault import KeyStore
 from shared.model import Binding, KeyRef, KeyVersion, ServiceType
 from shared.notify import Notifier, Outcome
-from shared.targets import Target, UpdateStart, accepted_key_sizes
+
+if TYPE_CHECKING:
+    # Types only: the adapters (and their SDKs) load when the app is built, not when indexed.
+    from shared.keyvault import KeyStore
+    from shared.targets import Target, UpdateStart
 
 # Kusto and Cosmos report these while an operation is under way: never write on top of one.
 IN_PROGRESS_STATES = frozenset({"updating", "creating", "running", "moving", "deleting", "inprogress"})
@@ -94,6 +98,8 @@ def version_problem(version: KeyVersion, service: ServiceType, *, settings: Sett
         return f"version {version.version} expires {version.expires_on.isoformat()}, within the safety margin"
     if version.key_type is not None and version.key_type not in ACCEPTED_KEY_TYPES:
         return f"key type {version.key_type} is not RSA"
+    from shared.targets import accepted_key_sizes  # noqa: PLC0415 - the adapters load when first needed
+
     accepted = accepted_key_sizes(service, settings.key_sizes)
     if version.key_size is not None and version.key_size not in accepted:
         sizes = ", ".join(str(s) for s in sorted(accepted))
@@ -146,9 +152,10 @@ def plan(
 
 
 class WriteBudget:
-    """Client-side token bucket per subscription, so a fleet update stays inside our share of
-    the ARM write budget instead of discovering it through 429s. It paces real requests, so it
-    runs on monotonic time whatever clock the service is given."""
+    """A static client-side token bucket per subscription. No longer used by default: every
+    ARM request is paced by the adaptive :class:`shared.pacing.Pacer` in the clients' pipeline,
+    which learns the budget from ARM's answers. Kept as an explicit extra limit a caller may
+    pass (``Reconciler(budget=...)``)."""
 
     def __init__(self, *, rate_per_s: float, burst: int,
                  sleep: Callable[[float], None] = time.sleep,
@@ -195,7 +202,8 @@ class Reconciler:
         self._inventory = inventory
         self._notifier = notifier
         self._clock = clock
-        self._budget = budget or WriteBudget(rate_per_s=settings.arm_writes_per_s, burst=settings.arm_write_burst)
+        # ARM pacing lives in the clients' pipeline (shared.pacing); this is only an extra limit.
+        self._budget = budget
         self._log = structlog.get_logger("keysteward.reconcile")
         self._rng = random.Random()  # noqa: S311 - jitter for retries, not security
 
@@ -241,10 +249,10 @@ class Reconciler:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="keysteward-update") as pool:
             outcomes = list(pool.map(self._start_one, updates))
         for action, outcome in zip(updates, outcomes, strict=True):
-            if isinstance(outcome, UpdateStart):
-                result.started.append(outcome)
-            else:
+            if isinstance(outcome, str):  # the reason it failed
                 result.failed.append((action.binding, outcome))
+            else:
+                result.started.append(outcome)
 
     def _start_one(self, action: Action) -> UpdateStart | str:
         """Starts one update with retries on transient errors; returns the reason on failure."""
@@ -254,7 +262,8 @@ class Reconciler:
         target = self._targets[binding.service]
         last = ""
         for attempt in range(MAX_START_ATTEMPTS):
-            self._budget.acquire(binding.subscription)
+            if self._budget is not None:
+                self._budget.acquire(binding.subscription)
             try:
                 return target.start_update(binding, version)
             except TransientError as err:

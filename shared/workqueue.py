@@ -12,13 +12,14 @@ import json
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
-from typing import Any, Protocol
-
-from azure.core.credentials import TokenCredential
-from azure.core.exceptions import AzureError, ResourceExistsError
-from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
+from typing import TYPE_CHECKING, Any, Protocol
 
 from shared.errors import ValidationError, translate
+
+if TYPE_CHECKING:
+    # The Storage SDK is imported when a queue is built, not when the app is indexed.
+    from azure.core.credentials import TokenCredential
+    from azure.storage.queue import QueueClient
 
 # A confirm chain gives up (and reports) after this many passes: with the default 30 s delay
 # and doubling up to 10 min, that is several hours, far beyond any real update operation.
@@ -34,11 +35,22 @@ class WorkItem:
     attempt: int = 0
     event_id: str | None = None
     started: tuple[str, ...] = field(default=())  # resource ids whose update an earlier pass started
+    # "<service> <resource id>" of the key's bindings in this subscription, as the event handler
+    # found them: the pass reads these resources instead of listing the subscription again.
+    # Empty: list the subscription (the timer's items, or when too many to carry).
+    resources: tuple[str, ...] = field(default=())
 
     def to_json(self) -> str:
         raw = asdict(self)
         raw["started"] = list(self.started)
+        raw["resources"] = list(self.resources)
+        if not self.resources:
+            del raw["resources"]
         text = json.dumps(raw, separators=(",", ":"))
+        if len(text) > MAX_MESSAGE_BYTES and self.resources:
+            # Too many bindings to carry: the pass lists the subscription instead.
+            raw.pop("resources", None)
+            text = json.dumps(raw, separators=(",", ":"))
         if len(text) > MAX_MESSAGE_BYTES:
             # Too many ids to carry: drop them; the confirm pass still converges, it only
             # reports "in sync" instead of "updated" for those bindings.
@@ -64,13 +76,19 @@ class WorkItem:
             raise ValidationError("work item has a bad 'phase' or 'attempt'", field="phase")
         if not isinstance(started, list) or not all(isinstance(s, str) for s in started):
             raise ValidationError("work item 'started' must be a list of strings", field="started")
+        resources = raw.get("resources", [])
+        if not isinstance(resources, list) or not all(
+                isinstance(r, str) and len(r.split(" ", 1)) == 2 for r in resources):
+            raise ValidationError("work item 'resources' must be a list of '<service> <resource id>'",
+                                  field="resources")
         event_id = raw.get("event_id")
         return WorkItem(key, sub.lower(), phase, attempt, event_id if isinstance(event_id, str) else None,
-                        tuple(started))
+                        tuple(started), tuple(resources))
 
     def next_confirm(self, started: tuple[str, ...]) -> WorkItem:
         merged = tuple(dict.fromkeys((*self.started, *started)))
-        return WorkItem(self.key, self.subscription, "confirm", self.attempt + 1, self.event_id, merged)
+        return WorkItem(self.key, self.subscription, "confirm", self.attempt + 1, self.event_id, merged,
+                        self.resources)
 
 
 # Confirm passes run every ``base`` for this many attempts, then back off.
@@ -119,6 +137,12 @@ class StorageWorkQueue:
 
     @classmethod
     def from_connection_string(cls, connection_string: str, queue_name: str) -> StorageWorkQueue:
+        from azure.storage.queue import (  # noqa: PLC0415 - on first use (cold start)
+            QueueClient,
+            TextBase64DecodePolicy,
+            TextBase64EncodePolicy,
+        )
+
         # The queue trigger reads base64 text (fresh policies per client: the SDK configures them).
         return cls(QueueClient.from_connection_string(
             connection_string, queue_name,
@@ -126,11 +150,19 @@ class StorageWorkQueue:
 
     @classmethod
     def with_identity(cls, queue_service_uri: str, queue_name: str, credential: TokenCredential) -> StorageWorkQueue:
+        from azure.storage.queue import (  # noqa: PLC0415 - on first use (cold start)
+            QueueClient,
+            TextBase64DecodePolicy,
+            TextBase64EncodePolicy,
+        )
+
         return cls(QueueClient(queue_service_uri, queue_name, credential=credential,
                                message_encode_policy=TextBase64EncodePolicy(),
                                message_decode_policy=TextBase64DecodePolicy()))
 
     def put(self, item: WorkItem, *, delay: timedelta = timedelta(0)) -> None:
+        from azure.core.exceptions import AzureError, ResourceExistsError  # noqa: PLC0415
+
         try:
             if not self._created:
                 with contextlib.suppress(ResourceExistsError):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from azure.core import MatchConditions
@@ -770,10 +771,56 @@ def test_resource_graph_filters_projects_and_pages(arm_world: World) -> None:
     assert vaults.data[0]["properties"]["enablePurgeProtection"] is True
 
 
+def test_resource_graph_has_tolower_and_paths_follow_kql(arm_world: World) -> None:
+    """``has`` is case-insensitive and matches whole terms (runs of letters and digits):
+    'Cmk' is a term of 'cmk-2' but 'cm' is not; ``=~``/``in~`` ignore case, ``==`` does not;
+    ``tolower``/``tostring`` and paths into ``properties`` work as in KQL."""
+    make_cluster(arm_world, "kustoone")
+    make_cluster(arm_world, "kustotwo")
+    make_account(arm_world, "cmk-2", tags={"Owner": "Team-Blue"})
+    make_account(arm_world, "team-kusto")
+
+    def names(where: str) -> list[str]:
+        return sorted(r["name"] for r in _graph(arm_world, f"Resources | where {where} | project name").data)
+
+    assert names("name has 'CMK'") == ["cmk-2"]
+    assert names("name has 'cm'") == []
+    assert names("name has 'kusto'") == ["team-kusto"]  # 'kustoone' is one term
+    assert names("name =~ 'KUSTOTWO'") == ["kustotwo"]
+    assert names("name == 'KUSTOTWO'") == []
+    assert names("name in~ ('CMK-2', 'x')") == ["cmk-2"]
+    assert names("tolower(tags.Owner) == 'team-blue'") == ["cmk-2"]
+    assert names("tags.Owner == 'team-blue'") == []
+    assert names("type =~ 'Microsoft.Kusto/clusters' and tostring(properties) has 'succeeded'") == [
+        "kustoone", "kustotwo"]
+    assert names("name !has 'kusto' and type =~ 'microsoft.documentdb/databaseaccounts'") == ["cmk-2"]
+
+
+def test_resource_graph_answers_carry_the_user_quota_and_throttle_past_it(arm_world: World) -> None:
+    arm_world.throttle.reset()
+    arm_world.throttle.configure(graph_quota=3, graph_window_s=5)
+    client = graph_client(arm_world)
+    seen: list[dict[str, str]] = []
+
+    def hook(response: Any) -> None:
+        seen.append(dict(response.http_response.headers))
+
+    for _ in range(3):
+        client.resources(QueryRequest(subscriptions=[SUB], query="Resources | limit 1"), raw_response_hook=hook)
+    assert [h["x-ms-user-quota-remaining"] for h in seen] == ["2", "1", "0"]
+    assert seen[0]["x-ms-user-quota-resets-after"] == "00:00:05"
+    with pytest.raises(HttpResponseError) as info:
+        client.resources(QueryRequest(subscriptions=[SUB], query="Resources | limit 1"), retry_total=0)
+    assert info.value.status_code == 429
+    arm_world.clock.advance(timedelta(seconds=5))
+    client.resources(QueryRequest(subscriptions=[SUB], query="Resources | limit 1"))
+
+
 @pytest.mark.parametrize(
     "query",
     [
-        "Resources | where properties.keyVaultProperties.keyName == 'x'",
+        "Resources | where properties.keyVaultProperties.keyName matches regex 'x'",
+        "Resources | where sku.name.x.y has 'x' and plan.x == 'y'",
         "Resources | summarize count() by type",
         "ResourceContainers",
         "Resources | where type contains 'kusto'",
