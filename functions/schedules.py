@@ -12,7 +12,7 @@ import structlog
 from functions._root import get_app
 from shared.errors import TransientError
 from shared.retention import maintenance_pass
-from shared.runbooks import resume_unfinished
+from shared.runbooks import ResumeReport, resume_unfinished
 
 bp = func.Blueprint()  # type: ignore[no-untyped-call]  # azure-functions leaves __init__ unannotated
 log = structlog.get_logger("keysteward.timers")
@@ -41,7 +41,8 @@ def reconcile_schedule(timer: func.TimerRequest) -> None:
     log.info("retention-pass", run=sweep.run, retired=len(sweep.retired), repaired=len(sweep.repaired),
              recovered=len(sweep.recovered), errors=len(sweep.errors))
     # Runbooks interrupted, or waiting on verification, go on from where their journal says.
-    report = resume_unfinished(app)
+    # (A Functions app always has AzureWebJobsStorage; an app without it has no runs to resume.)
+    report = resume_unfinished(app) if app.has_journal else ResumeReport()
     log.info("runbooks-resumed", runs=len(report.views), errors=len(report.errors))
     problems = [*sweep.errors, *report.errors]
     if problems:

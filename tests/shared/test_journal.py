@@ -20,7 +20,6 @@ from shared.journal import (
     ConflictError,
     Journal,
     Lease,
-    MemoryJournal,
     Run,
     Step,
     TableJournal,
@@ -30,6 +29,7 @@ from shared.journal import (
     table_service,
 )
 from tests.azurite import Azurite
+from tests.memory_journal import MemoryJournal
 
 KEY = "https://vault-a.vault.azure.net/keys/cmk-a"
 OTHER_KEY = "https://vault-b.vault.azure.net/keys/cmk-b"

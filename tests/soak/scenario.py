@@ -28,13 +28,14 @@ from sandbox.world import World
 from shared.app import Keysteward, build
 from shared.auth import ROLE_READ, ROLE_RESTORE, ROLE_REVOKE, Principal
 from shared.config import load_settings
-from shared.journal import Journal, MemoryJournal
+from shared.journal import Journal
 from shared.model import KeyRef
 from shared.notify import RecordingNotifier
 from shared.retention import RETIRE_TAG
 from shared.runbooks import PHASES, STEPS, RestoreRequest, RevokeRequest, runbooks_for
 from shared.workqueue import MemoryQueue
 from tests.app.estate import grid_event
+from tests.memory_journal import MemoryJournal
 from tests.soak import invariants as inv
 from tests.soak.harness import (
     HOLD_TAG,
@@ -157,14 +158,21 @@ class Soak:
         if disables:
             self.problems += inv.check_i1(disables, after, retention=RETENTION,
                                           revocation_runs=self.revocation_ids(), external=self.external)
-            # A tag copied from an older version is no proof of a revocation: flag those too.
+            # A tag copied from an older version is no proof of a revocation: flag those too, unless
+            # the hold of that revocation disabled the version (its run records the act).
             old = before.version_map()
             for d in disables:
                 by = d.tags.get(inv.REVOKED_BY_TAG)
                 prior = old[(d.key, d.version)].tags.get(inv.REVOKED_BY_TAG)
-                if by is not None and by == prior and (d.key, d.version) not in self.external:
+                if by is not None and by == prior and (d.key, d.version) not in self.external \
+                        and d.version not in self.held_by(by):
                     self.problems.append(f"I1: {d.key}/{d.version} disabled while carrying an old "
                                          f"{inv.REVOKED_BY_TAG}={by} tag (no revocation disabled it now)")
+
+    def held_by(self, run_id: str) -> set[str]:
+        """The versions the hold of revocation ``run_id`` disabled (its ``hold`` steps)."""
+        return {str(v) for s in self.app.journal.steps(run_id) if s.name == "hold"
+                for v in s.result.get("disabled", [])}
 
     def revocation_ids(self) -> list[str]:
         return [r.run_id for r in self.app.journal.list_runs(limit=1000) if r.kind == "revoke"]
