@@ -232,9 +232,7 @@ class Keysteward:
 
     def reconcile_all(self, *, dry_run: bool = False, key: KeyRef | None = None) -> list[PassResult]:
         """Safety net for lost events: every bound key in scope, one inventory read for all.
-        Before it, the hold is enforced for every revocation in force (not on a dry run)."""
-        if not dry_run and key is None:
-            self.hold()
+        A revoked key's bindings are not moved (the timer enforces the hold before this pass)."""
         grouped = by_key(self.all_bindings())
         results: list[PassResult] = []
         for bindings in grouped.values():
