@@ -59,12 +59,15 @@ class Records:
         return InForce(found[0].run_id, found[0].mode) if found else None
 
     def _from_tags(self, key: KeyRef) -> InForce | None:
-        for version in self._keys.versions(key.versionless()):
-            mark = version.tags.get(REVOKED_BY_TAG)
-            if mark:
-                log.info("revocation-from-vault-tag", key=key.versionless().uri, run=mark)
-                return InForce(mark, Mode.DISABLE, source="vault-tag")
-        return None
+        """The vault-side mark: the key's newest version carries the revoked-by tag (a whole-key
+        revocation disabled it, or it was created from a revoked one and inherited the tag).
+        An older version's tag is a per-version revocation, which holds only that version."""
+        versions = self._keys.versions(key.versionless())
+        mark = versions[-1].tags.get(REVOKED_BY_TAG) if versions else None
+        if not mark:
+            return None
+        log.info("revocation-from-vault-tag", key=key.versionless().uri, run=mark)
+        return InForce(mark, Mode.DISABLE, source="vault-tag")
 
     def all(self) -> list[Revocation]:
         """Every revocation in force (empty without a journal: the hold needs the records)."""

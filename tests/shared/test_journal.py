@@ -600,7 +600,7 @@ def test_revocation_records_are_one_read_per_key_and_idempotent(backend: Backend
     journal.put_revocation(key=KEY.upper().replace("HTTPS", "https"), run_id="20240501T120001123Z-bbbbbbbbbb",
                            mode="remove-access")
     journal.put_revocation(key=other_key, run_id="20240501T120002123Z-cccccccccc", mode="disable")
-    for n in range(25):  # other runs in the journal never hide a record
+    for _ in range(25):  # other runs in the journal never hide a record
         make_run(journal, status="pending-approval")
     seen = backend.another().revocations(KEY)
     assert [(r.run_id, r.mode) for r in seen] == [(first.run_id, "disable"),
