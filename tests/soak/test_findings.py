@@ -20,8 +20,9 @@ def _revoked_then_rotated() -> Soak:
     soak = Soak(0)
     soak.setup()
     key = soak.estate.keys[0]
-    runbooks_for(soak.app).revoke(RevokeRequest(key=key, mode="disable", reason="soak", ticket="SOAK-F1"),
-                                  ONCALL, budget=timedelta(hours=1))
+    # emergency: the seed may turn the two-person rule on; the revocation must act here
+    runbooks_for(soak.app).revoke(RevokeRequest(key=key, mode="disable", reason="soak", ticket="SOAK-F1",
+                                                emergency=True), ONCALL, budget=timedelta(hours=1))
     soak.estate.key_client(key.vault_url).import_key(key.name, jwk_of(key_pool()[1]))
     return soak
 
