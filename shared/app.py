@@ -30,6 +30,8 @@ from shared.notify import EventGridNotifier, LogNotifier, Notifier, Outcome
 from shared.reconcile import PassResult, Reconciler, WriteBudget
 from shared.rotation import RotationResult, Rotator
 from shared.targets import Target, build_targets
+from shared.usage import NoUsageEvidence, UsageSource
+from shared.usage import from_settings as usage_from_settings
 from shared.workqueue import MAX_CONFIRM_ATTEMPTS, MemoryQueue, StorageWorkQueue, WorkItem, WorkQueue, confirm_delay
 
 
@@ -60,8 +62,11 @@ class Keysteward:
         clients: ClientFactory | None = None,
         budget: WriteBudget | None = None,
         journal: Journal | Callable[[], Journal] | None = None,
+        usage: UsageSource | None = None,
     ) -> None:
         self.settings = settings
+        # Usage evidence from Key Vault audit logs (shared/usage.py); none unless configured.
+        self.usage: UsageSource = usage if usage is not None else NoUsageEvidence()
         self.clock = clock
         self.keys = keys
         self.targets = targets
@@ -260,8 +265,11 @@ def build(
         journal_source = functools.partial(from_identity, settings.storage_table_uri, clients.credential, clock=clock,
                                            table_prefix=settings.table_prefix)
 
+    usage = usage_from_settings(settings, credential=clients.credential, clock=clock,
+                                transport_factory=transport_factory)
     return Keysteward(
         settings=settings,
+        usage=usage,
         clock=clock,
         keys=SdkKeyStore(clients),
         targets=dict(targets),
