@@ -1227,7 +1227,10 @@ def handle(world: World, req: Request) -> Response:
             f"Retry after {retry_after} seconds.",
             {"Retry-After": str(retry_after)},
         )
-    resp = ROUTER.dispatch(world, req, not_found=_no_route)
+    try:
+        resp = ROUTER.dispatch(world, req, not_found=_no_route)
+    except SandboxError as err:
+        resp = err.response()  # what World._dispatch would answer; refused calls are logged too
     audit.record_request(world, req, resp)  # the vault's AuditEvent log (sandbox/audit.py)
     return resp
 

@@ -448,6 +448,20 @@ def _type_of(e: Expr, schema: dict[str, str]) -> str:
     return "string"
 
 
+def _check(e: Any, types: dict[str, str]) -> None:
+    """Semantic check before any row is seen (as the service does): every column must exist."""
+    if isinstance(e, tuple) and e:
+        if e[0] == "col":
+            if e[1] not in types:
+                raise QueryError(f"'{e[1]}' is not a column of the input", "SemanticError")
+            return
+        for part in e[1:]:
+            _check(part, types)
+    elif isinstance(e, list):
+        for part in e:
+            _check(part, types)
+
+
 # ---- operators -------------------------------------------------------------------------------------
 @dataclass
 class Frame:
@@ -535,6 +549,7 @@ def _summarize(frame: Frame, body: str, env: _Env) -> Frame:
     if by_text:
         bp = _Parser(tokenize(by_text))
         keys = _assignments(bp)
+    _check([e for _, e in aggs + keys], frame.types)
     groups: dict[tuple[str, ...], tuple[list[Any], list[dict[str, Any]]]] = {}
     for row in frame.rows:
         vals = [ev(e, row, env) for _, e in keys]
@@ -631,6 +646,7 @@ def evaluate(query: str, records: Iterable[audit.AuditRecord], *, now: float,
         if op == "where":
             p = _Parser(tokenize(body))
             cond = p.expr()
+            _check(cond, frame.types)
             if not p.done():
                 raise QueryError(f"unexpected {p.peek().text!r} in where", "SyntaxError")  # type: ignore[union-attr]
             frame = Frame(frame.columns, frame.types, [r for r in frame.rows if ev(cond, r, env)])
@@ -639,6 +655,7 @@ def evaluate(query: str, records: Iterable[audit.AuditRecord], *, now: float,
             items = _assignments(p)
             if not p.done():
                 raise QueryError(f"unexpected {p.peek().text!r} in {op}", "SyntaxError")  # type: ignore[union-attr]
+            _check([e for _, e in items], frame.types)
             new_rows = []
             for r in frame.rows:
                 values = {n: ev(e, r, env) for n, e in items}
