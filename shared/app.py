@@ -80,7 +80,7 @@ class Keysteward:
         self._journal_lock = threading.Lock()
         self.reconciler = Reconciler(
             settings=settings, keys=keys, targets=targets, inventory=inventory,
-            notifier=notifier, clock=clock, budget=budget,
+            notifier=notifier, clock=clock, budget=budget, usage=self.usage,
         )
         self.rotator = Rotator(settings=settings, keys=keys, notifier=notifier, clock=clock)
         self.log = structlog.get_logger("keysteward")

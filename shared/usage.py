@@ -409,6 +409,32 @@ def from_settings(settings: Settings, *, credential: TokenCredential, clock: Clo
     )
 
 
+# ---- verification --------------------------------------------------------------------------------------
+PROOF_RESOURCE = "resource-state"
+PROOF_AUDIT = "audit-evidence"
+PROOF_BOTH = "both"
+
+
+def seen(usage: Usage, principal_id: str | None, version: str, *, succeeding: bool) -> CallerUsage | None:
+    """The identity's row for ``version`` when it was seen succeeding (or failing) with it."""
+    if principal_id is None or not usage.available:
+        return None
+    for c in usage.for_version(version):
+        if c.object_id == principal_id.lower() and (c.succeeded if succeeding else c.failed) > 0:
+            return c
+    return None
+
+
+def confirmation_proofs(source: UsageSource, version_ref: KeyRef, confirmed: Sequence[Binding]) -> dict[str, str]:
+    """For bindings that resource state shows on ``version_ref``: "both" when the binding's identity
+    is also seen unwrapping with that version, else "resource-state" (one query for all of them)."""
+    if version_ref.version is None:
+        raise ValueError("confirmation needs a versioned key")
+    usage = source.key_usage(version_ref)
+    return {b.resource_id: PROOF_BOTH if seen(usage, b.principal_id, version_ref.version, succeeding=True)
+            else PROOF_RESOURCE for b in confirmed}
+
+
 # ---- the retention guard's evidence ---------------------------------------------------------------------
 @dataclass
 class _Cached:

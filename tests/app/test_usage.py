@@ -40,6 +40,11 @@ def add_consumer(world: World, principal: str, key_uri: str, every_s: float) -> 
     return dict(resp.json())
 
 
+def set_usage_interval(world: World, seconds: float) -> None:
+    resp = sandbox_session(world).post(f"{admin_url()}/sandbox/services", json={"usage_interval_s": seconds})
+    assert resp.status_code == 200, resp.text
+
+
 def fault(world: World, **rule: Any) -> None:
     resp = sandbox_session(world).post(f"{admin_url()}/sandbox/faults", json={"rules": [rule]})
     assert resp.status_code == 200, resp.text
@@ -246,7 +251,7 @@ def brute_force(world: World, estate: Estate, since: datetime, until: datetime) 
 @pytest.mark.parametrize("table", ["AZKVAuditLogs", "AzureDiagnostics"])
 def test_query_answer_equals_a_brute_force_count_on_a_seeded_estate_with_thousands_of_calls(world, table):
     estate = make_estate(world, clusters_per_sub=2, accounts_per_sub=1, versionless=1)
-    world.service_settings.usage_interval_s = 60
+    set_usage_interval(world, 60)
     app, _, _ = steward(world, estate, KEYSTEWARD_AUDIT_WORKSPACE=WORKSPACE, KEYSTEWARD_AUDIT_TOP="1000",
                         KEYSTEWARD_AUDIT_TABLE=table)
     v2 = str(estate.keys.rotate_key(estate.key_name).properties.version)
@@ -291,3 +296,35 @@ def test_query_answer_equals_a_brute_force_count_on_a_seeded_estate_with_thousan
     status = key_status(small, estate_key(estate))
     v1 = next(v for v in status["versions"] if v["version"] == estate.v1)
     assert any(b["kind"] == "audit-in-use" for b in v1["retention"]["blockers"])
+
+
+# ---- verification: the confirm pass says which proof each binding got ----------------------------------------
+@pytest.mark.parametrize(("usage_interval_s", "proof"), [(10, "both"), (86_400, "resource-state")])
+def test_propagation_is_confirmed_by_audit_evidence_when_the_service_is_seen_unwrapping(world, usage_interval_s,
+                                                                                        proof):
+    from shared.app import drain
+
+    estate = make_estate(world, clusters_per_sub=1, accounts_per_sub=1, versionless=0)
+    app, queue, notifier = steward(world, estate, KEYSTEWARD_AUDIT_WORKSPACE=WORKSPACE)
+    world.clock.advance(timedelta(minutes=10))
+    set_usage_interval(world, usage_interval_s)
+    v2 = str(estate.keys.rotate_key(estate.key_name).properties.version)
+    app.reconcile_all()
+    drain(app, queue, wait=world.clock.advance)
+    updated = {o.subject.rsplit("/", 1)[-1]: o.data for o in notifier.outcomes if o.kind == "BindingUpdated"}
+    assert set(updated) == {n for _, n in estate.clusters} | {n for _, n in estate.accounts}
+    assert {d["proof"] for d in updated.values()} == {proof}
+    assert all(d["toVersion"] == v2 for d in updated.values())
+
+
+def test_without_a_workspace_every_confirmation_is_resource_state(world):
+    from shared.app import drain
+
+    estate = make_estate(world, clusters_per_sub=1, accounts_per_sub=0, versionless=0)
+    app, queue, notifier = steward(world, estate)
+    set_usage_interval(world, 10)
+    estate.keys.rotate_key(estate.key_name)
+    app.reconcile_all()
+    drain(app, queue, wait=world.clock.advance)
+    proofs = {o.data["proof"] for o in notifier.outcomes if o.kind == "BindingUpdated"}
+    assert proofs == {"resource-state"}
