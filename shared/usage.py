@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import json
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -82,13 +82,15 @@ class CallerUsage:
     last_seen: datetime | None
     last_success: datetime | None
     operations: tuple[str, ...]
+    last_failure: datetime | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "key": self.key_name, "version": self.version, "objectId": self.object_id, "appId": self.app_id,
             "calls": self.calls, "succeeded": self.succeeded, "failed": self.failed,
             "firstSeen": _iso(self.first_seen), "lastSeen": _iso(self.last_seen),
-            "lastSuccess": _iso(self.last_success), "operations": list(self.operations),
+            "lastSuccess": _iso(self.last_success), "lastFailure": _iso(self.last_failure),
+            "operations": list(self.operations),
         }
 
 
@@ -194,7 +196,8 @@ def build_query(table: str, *, id_prefix: str, version: str | None, since: datet
         f"{version_filter}"
         "| summarize Calls = count(), Succeeded = countif(ResultType == \"Success\"),"
         " Failed = countif(ResultType != \"Success\"), FirstSeen = min(TimeGenerated), LastSeen = max(TimeGenerated),"
-        " LastSuccess = maxif(TimeGenerated, ResultType == \"Success\"), Operations = make_set(OperationName, 16)"
+        " LastSuccess = maxif(TimeGenerated, ResultType == \"Success\"),"
+        " LastFailure = maxif(TimeGenerated, ResultType != \"Success\"), Operations = make_set(OperationName, 16)"
         " by KeyName, Version, ObjectId, AppId\n"
         "| order by LastSuccess desc, LastSeen desc\n"
         f"| take {top + 1}"
@@ -202,7 +205,7 @@ def build_query(table: str, *, id_prefix: str, version: str | None, since: datet
 
 
 _COLUMNS = ("KeyName", "Version", "ObjectId", "AppId", "Calls", "Succeeded", "Failed", "FirstSeen", "LastSeen",
-            "LastSuccess", "Operations")
+            "LastSuccess", "LastFailure", "Operations")
 
 
 class BadAnswer(ValueError):
@@ -246,6 +249,7 @@ def parse_rows(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[Ca
                 calls=int(row[at["Calls"]]), succeeded=int(row[at["Succeeded"]]), failed=int(row[at["Failed"]]),
                 first_seen=_when(row[at["FirstSeen"]]), last_seen=_when(row[at["LastSeen"]]),
                 last_success=_when(row[at["LastSuccess"]]), operations=_ops(row[at["Operations"]]),
+                last_failure=_when(row[at["LastFailure"]]),
             ))
         except (TypeError, ValueError, IndexError) as err:
             raise BadAnswer(f"a row does not have the expected types: {err}") from err
@@ -433,6 +437,64 @@ def confirmation_proofs(source: UsageSource, version_ref: KeyRef, confirmed: Seq
     usage = source.key_usage(version_ref)
     return {b.resource_id: PROOF_BOTH if seen(usage, b.principal_id, version_ref.version, succeeding=True)
             else PROOF_RESOURCE for b in confirmed}
+
+
+def unknown_identities(usage: Usage, known_principals: Iterable[str]) -> list[dict[str, Any]]:
+    """Identities seen calling (whatever the result) that no binding accounts for, one entry per
+    identity across versions and keys: calls, successes, failures, versions, last call; the
+    newest first. Empty unless the evidence is available."""
+    known = {p.lower() for p in known_principals if p}
+    out: dict[str, dict[str, Any]] = {}
+    for c in usage.callers:
+        if c.object_id in known:
+            continue
+        entry = out.setdefault(c.object_id, {"objectId": c.object_id, "appId": c.app_id, "calls": 0,
+                                             "succeeded": 0, "failed": 0, "versions": [], "keys": [],
+                                             "lastCall": None})
+        entry["calls"] += c.calls
+        entry["succeeded"] += c.succeeded
+        entry["failed"] += c.failed
+        for field_name, value in (("versions", c.version), ("keys", c.key_name)):
+            if value and value not in entry[field_name]:
+                entry[field_name].append(value)
+        last = _iso(c.last_seen)
+        if last and (entry["lastCall"] is None or last > entry["lastCall"]):
+            entry["lastCall"] = last
+    return sorted(out.values(), key=lambda e: e["lastCall"] or "", reverse=True)
+
+
+def blast_radius_evidence(source: UsageSource, key: KeyRef, *, remove_access: bool,
+                          bindings: Sequence[Binding]) -> dict[str, Any]:
+    """What a revocation's dry run adds beside the inventory's bindings: the unknown identities
+    that used the key (or, for remove-access, any key of the vault) in the lookback."""
+    usage = source.vault_usage(key.vault_url) if remove_access else source.key_usage(key)
+    return {"usageEvidence": usage.evidence(),
+            "unknownIdentities": unknown_identities(usage, [b.principal_id or "" for b in bindings])}
+
+
+def runbook_proofs(source: UsageSource, key: KeyRef, principals: dict[str, str | None], *, revoked: bool,
+                   since: datetime) -> dict[str, dict[str, Any]]:
+    """Per resource id, what the audit log says since ``since`` (the act step): after a revocation,
+    the identity seen *failing* with the key; after a restore, seen *succeeding* again.
+    ``principals`` maps resource id -> the binding's identity. One query for all of them."""
+    usage = source.key_usage(key)
+    out: dict[str, dict[str, Any]] = {}
+    for rid, principal in principals.items():
+        rows = [c for c in usage.callers if principal and c.object_id == principal.lower()]
+        moments = [c.last_failure if revoked else c.last_success for c in rows]
+        after = [m for m in moments if m is not None and m >= since]
+        out[rid] = {"auditEvidence": bool(after), "lastSeen": _iso(max(after)) if after else None,
+                    "evidence": usage.state.value}
+    return out
+
+
+def proof_kind(resource_state: bool, audit: bool) -> str:
+    """The proof a binding got: "both", "resource-state", "audit-evidence" or "none"."""
+    if resource_state and audit:
+        return PROOF_BOTH
+    if resource_state:
+        return PROOF_RESOURCE
+    return PROOF_AUDIT if audit else "none"
 
 
 # ---- the retention guard's evidence ---------------------------------------------------------------------

@@ -328,3 +328,55 @@ def test_without_a_workspace_every_confirmation_is_resource_state(world):
     drain(app, queue, wait=world.clock.advance)
     proofs = {o.data["proof"] for o in notifier.outcomes if o.kind == "BindingUpdated"}
     assert proofs == {"resource-state"}
+
+
+# ---- blast radius and runbook verification evidence -------------------------------------------------------
+def test_blast_radius_evidence_lists_unknown_identities_of_the_key_or_the_vault(world):
+    from shared.usage import blast_radius_evidence
+
+    estate = make_estate(world, clusters_per_sub=1, accounts_per_sub=0, versionless=0)
+    app, _, _ = steward(world, estate, KEYSTEWARD_AUDIT_WORKSPACE=WORKSPACE)
+    other = str(estate.keys.create_rsa_key("other-key", size=2048).properties.version)
+    add_consumer(world, STRANGER, f"{estate.key_uri}/{estate.v1}", 1800)
+    neighbour = "0badc0de-2222-4333-8444-000000000002"
+    add_consumer(world, neighbour, f"{estate.vault_url}/keys/other-key/{other}", 3600)
+    world.clock.advance(timedelta(hours=2))
+    bindings = app.all_bindings()
+    on_key = blast_radius_evidence(app.usage, estate_key(estate), remove_access=False, bindings=bindings)
+    assert on_key["usageEvidence"]["state"] == "available"
+    [stranger] = on_key["unknownIdentities"]  # the clusters are known: their identities are not listed
+    assert stranger["objectId"] == STRANGER and stranger["succeeded"] == 5 and stranger["versions"] == [estate.v1]
+    assert stranger["lastCall"] is not None
+    on_vault = blast_radius_evidence(app.usage, estate_key(estate), remove_access=True, bindings=bindings)
+    assert {e["objectId"] for e in on_vault["unknownIdentities"]} == {STRANGER, neighbour}
+    assert next(e for e in on_vault["unknownIdentities"] if e["objectId"] == neighbour)["keys"] == ["other-key"]
+    none = blast_radius_evidence(steward(world, estate)[0].usage, estate_key(estate), remove_access=False,
+                                 bindings=bindings)
+    assert none == {"usageEvidence": {"state": "not-configured", "reason": none["usageEvidence"]["reason"],
+                                      "table": None, "since": None, "until": None, "truncated": False},
+                    "unknownIdentities": []}
+
+
+def test_runbook_proofs_see_services_fail_after_a_revocation_and_succeed_after_a_restore(world):
+    from shared.usage import proof_kind, runbook_proofs
+
+    estate = make_estate(world, clusters_per_sub=1, accounts_per_sub=0, versionless=0)
+    app, _, _ = steward(world, estate, KEYSTEWARD_AUDIT_WORKSPACE=WORKSPACE)
+    set_usage_interval(world, 60)
+    principals = {b.resource_id: b.principal_id for b in app.all_bindings()}
+    assert len(principals) == 2
+    world.clock.advance(timedelta(minutes=5))
+    acted = world.clock.now()
+    estate.keys.update_key_properties(estate.key_name, estate.v1, enabled=False)  # what a revocation does
+    before = runbook_proofs(app.usage, estate_key(estate), principals, revoked=True, since=acted)
+    assert {p["auditEvidence"] for p in before.values()} == {False}  # no call since: no proof yet
+    world.clock.advance(timedelta(minutes=2))
+    after = runbook_proofs(app.usage, estate_key(estate), principals, revoked=True, since=acted)
+    assert {p["auditEvidence"] for p in after.values()} == {True}
+    restored = world.clock.now()
+    estate.keys.update_key_properties(estate.key_name, estate.v1, enabled=True)
+    world.clock.advance(timedelta(minutes=2))
+    back = runbook_proofs(app.usage, estate_key(estate), principals, revoked=False, since=restored)
+    assert {p["auditEvidence"] for p in back.values()} == {True}
+    assert proof_kind(True, True) == "both" and proof_kind(False, True) == "audit-evidence"
+    assert proof_kind(True, False) == "resource-state" and proof_kind(False, False) == "none"
