@@ -201,3 +201,21 @@ def test_logs_query_client_over_loopback_with_the_connection_file(logs_server: S
     rows = [list(r) for r in result.tables[0].rows]
     # The audit record names the key by its public identifier, whatever URL the caller used.
     assert rows == [[f"https://kv-contoso-prod-weu.vault.azure.net/keys/cmk-adx/{version}", "KeyUnwrap", 1]]
+
+
+def test_a_seed_adds_unknown_consumers_and_checks_them_first(logs_world: World) -> None:
+    doc = seeds.demo_seed()
+    vault = doc["vaults"][0]
+    key = vault["keys"][0]
+    label = key["versions"][0]["label"]
+    doc["consumers"] = [{"principal_id": WHO, "key": f"{vault['name']}/{key['name']}", "version": label,
+                         "every_s": 600}]
+    bad = {**doc, "consumers": [{**doc["consumers"][0], "version": "no-such-label"}]}
+    with pytest.raises(seeds.SeedError) as err:
+        seeds.compile_seed(bad)
+    assert err.value.field == "consumers[0].version"
+    result = seeds.apply_seed(logs_world, doc)
+    version = result.versions[f"{vault['name']}/{key['name']}/{label}"]
+    logs_world.clock.advance(timedelta(hours=1))
+    count = f'AZKVAuditLogs | where Identity.claim.oid == "{WHO}" | summarize n = count() by Id'
+    assert query(logs_world, count)[2] == [[f"https://{vault['name']}.vault.azure.net/keys/{key['name']}/{version}", 7]]
