@@ -41,7 +41,6 @@ from __future__ import annotations
 import base64
 import collections
 import json
-import re
 import time
 import uuid
 import weakref
@@ -73,34 +72,16 @@ _STATUS_TEXT = {200: "OK", 201: "Created", 204: "NoContent", 400: "BadRequest", 
                 403: "Forbidden", 404: "NotFound", 409: "Conflict", 429: "TooManyRequests",
                 500: "InternalServerError"}
 
-# (method, path regex) -> operation name; first match wins. Paths are Key Vault's data plane.
-_N = r"(?P<name>[^/]+)"
-_V = r"(?P<version>[^/]+)"
-_ROUTES: list[tuple[str, re.Pattern[str], str]] = [
-    (m, re.compile(p, re.IGNORECASE), op)
-    for m, p, op in (
-        ("POST", rf"/keys/{_N}/{_V}/wrapkey/?", "KeyWrap"),
-        ("POST", rf"/keys/{_N}/{_V}/unwrapkey/?", "KeyUnwrap"),
-        ("POST", rf"/keys/{_N}/{_V}/encrypt/?", "KeyEncrypt"),
-        ("POST", rf"/keys/{_N}/{_V}/decrypt/?", "KeyDecrypt"),
-        ("POST", rf"/keys/{_N}/create/?", "KeyCreate"),
-        ("POST", rf"/keys/{_N}/rotate/?", "KeyRotate"),
-        ("GET", rf"/keys/{_N}/rotationpolicy/?", "KeyRotationPolicyGet"),
-        ("PUT", rf"/keys/{_N}/rotationpolicy/?", "KeyRotationPolicySet"),
-        ("GET", rf"/keys/{_N}/versions/?", "KeyListVersions"),
-        ("GET", rf"/keys/{_N}/{_V}/?", "KeyGet"),
-        ("PATCH", rf"/keys/{_N}/{_V}/?", "KeyUpdate"),
-        ("GET", rf"/keys/{_N}/?", "KeyGet"),
-        ("PATCH", rf"/keys/{_N}/?", "KeyUpdate"),
-        ("PUT", rf"/keys/{_N}/?", "KeyImport"),
-        ("DELETE", rf"/keys/{_N}/?", "KeyDelete"),
-        ("GET", r"/keys/?", "KeyList"),
-        ("POST", rf"/deletedkeys/{_N}/recover/?", "KeyRecover"),
-        ("DELETE", rf"/deletedkeys/{_N}/?", "KeyPurge"),
-        ("GET", rf"/deletedkeys/{_N}/?", "KeyGetDeleted"),
-        ("GET", r"/deletedkeys/?", "KeyListDeleted"),
-    )
-]
+# Key Vault data-plane routes -> operation names (one dictionary lookup per request: the hook
+# runs on every vault request, so no regex scan).
+_KEY_ROUTES = {"GET": "KeyGet", "PATCH": "KeyUpdate", "PUT": "KeyImport", "DELETE": "KeyDelete"}
+_KEY_SUB_ROUTES = {("POST", "create"): "KeyCreate", ("POST", "rotate"): "KeyRotate",
+                   ("GET", "rotationpolicy"): "KeyRotationPolicyGet", ("PUT", "rotationpolicy"): "KeyRotationPolicySet",
+                   ("GET", "versions"): "KeyListVersions"}
+_VERSION_ROUTES = {"GET": "KeyGet", "PATCH": "KeyUpdate"}
+_CRYPTO_ROUTES = {"wrapkey": "KeyWrap", "unwrapkey": "KeyUnwrap", "encrypt": "KeyEncrypt", "decrypt": "KeyDecrypt",
+                  "sign": "KeySign", "verify": "KeyVerify"}
+_DELETED_ROUTES = {("GET", 2): "KeyGetDeleted", ("DELETE", 2): "KeyPurge"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,16 +152,28 @@ class AuditLog:
 _LOGS = weakref.WeakKeyDictionary["World", AuditLog]()
 
 
+# The last world asked for and its log: the hook runs on every vault request, and a
+# WeakKeyDictionary lookup costs more than everything else it does.
+_last: tuple[weakref.ref[World], AuditLog] | None = None
+
+
 def log_for(world: World) -> AuditLog:
+    global _last  # noqa: PLW0603 - a one-entry cache in front of _LOGS
+    last = _last
+    if last is not None and last[0]() is world:
+        return last[1]
     log = _LOGS.get(world)
     if log is None:
         log = _LOGS[world] = AuditLog()
+    _last = (weakref.ref(world), log)
     return log
 
 
 def reset(world: World) -> None:
     """Forgets every record and consumer (the admin API's reset)."""
+    global _last  # noqa: PLW0603 - see log_for
     _LOGS.pop(world, None)
+    _last = None
 
 
 # ---- identities from tokens -------------------------------------------------------------------
@@ -196,8 +189,22 @@ def token_for(principal_id: str, *, app_id: str | None = None, tenant_id: str | 
     return f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(claims).encode())}."
 
 
+_CALLERS: dict[str, tuple[str, str]] = {}
+_MAX_CALLERS = 4096  # distinct tokens remembered (decoding a token on every request is the hook's main cost)
+
+
 def caller_of(authorization: str) -> tuple[str, str]:
     """(object id, app id) from an ``Authorization`` header; an opaque token is :data:`DEFAULT_CALLER`."""
+    found = _CALLERS.get(authorization)
+    if found is None:
+        found = _decode_caller(authorization)
+        if len(_CALLERS) >= _MAX_CALLERS:
+            _CALLERS.clear()
+        _CALLERS[authorization] = found
+    return found
+
+
+def _decode_caller(authorization: str) -> tuple[str, str]:
     _, _, token = authorization.partition(" ")
     parts = token.strip().split(".")
     if len(parts) == 3:
@@ -244,16 +251,37 @@ def _append(world: World, rec: AuditRecord) -> None:
 
 def operation_of(method: str, path: str) -> tuple[str, str | None, str | None] | None:
     """(operation name, key name, version) of a data-plane request; ``None`` for non-key routes."""
-    for m, pattern, op in _ROUTES:
-        if m != method.upper():
-            continue
-        match = pattern.fullmatch(path)
-        if match:
-            groups = match.groupdict()
-            version = groups.get("version")
-            if version is not None and version.lower() == "versions":
-                continue
-            return op, groups.get("name"), version
+    segs = [p for p in path.split("/") if p]
+    m = method.upper()
+    if not segs:
+        return None
+    head, n = segs[0].lower(), len(segs)
+    if head == "keys":
+        if n == 1:
+            return ("KeyList", None, None) if m == "GET" else None
+        name = segs[1]
+        if n == 2:
+            op = _KEY_ROUTES.get(m)
+            return (op, name, None) if op else None
+        sub = segs[2].lower()
+        if n == 3:
+            op = _KEY_SUB_ROUTES.get((m, sub))
+            if op:
+                return op, name, None
+            op = _VERSION_ROUTES.get(m)
+            return (op, name, segs[2]) if op else None
+        if n == 4 and m == "POST":
+            op = _CRYPTO_ROUTES.get(segs[3].lower())
+            return (op, name, segs[2]) if op else None
+        return None
+    if head == "deletedkeys":
+        if n == 1:
+            return ("KeyListDeleted", None, None) if m == "GET" else None
+        if n == 2:
+            op = _DELETED_ROUTES.get((m, n))
+            return (op, segs[1], None) if op else None
+        if n == 3 and m == "POST" and segs[2].lower() == "recover":
+            return "KeyRecover", segs[1], None
     return None
 
 
