@@ -38,7 +38,7 @@ import json
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -153,7 +153,8 @@ def _kql_string(text: str) -> str:
 
 
 def _kql_datetime(value: datetime) -> str:
-    return f"datetime({value.isoformat()})"
+    # KQL's documented literal form: ISO 8601 in UTC with a Z (no numeric offset).
+    return f"datetime({value.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%S.%fZ')})"
 
 
 # The columns each table keeps the facts in (see the module docstring for the sources).
