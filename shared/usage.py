@@ -465,12 +465,12 @@ def unknown_identities(usage: Usage, known_principals: Iterable[str]) -> list[di
 
 
 def blast_radius_evidence(source: UsageSource, key: KeyRef, *, remove_access: bool,
-                          bindings: Sequence[Binding]) -> dict[str, Any]:
+                          known_principals: Iterable[str]) -> dict[str, Any]:
     """What a revocation's dry run adds beside the inventory's bindings: the unknown identities
-    that used the key (or, for remove-access, any key of the vault) in the lookback."""
+    (no binding in the inventory has their object id) that used the key (or, for remove-access,
+    any key of the vault) in the lookback, with counts and last call."""
     usage = source.vault_usage(key.vault_url) if remove_access else source.key_usage(key)
-    return {"usageEvidence": usage.evidence(),
-            "unknownIdentities": unknown_identities(usage, [b.principal_id or "" for b in bindings])}
+    return {"usageEvidence": usage.evidence(), "unknownIdentities": unknown_identities(usage, known_principals)}
 
 
 def runbook_proofs(source: UsageSource, key: KeyRef, principals: dict[str, str | None], *, revoked: bool,

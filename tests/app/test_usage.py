@@ -341,17 +341,17 @@ def test_blast_radius_evidence_lists_unknown_identities_of_the_key_or_the_vault(
     neighbour = "0badc0de-2222-4333-8444-000000000002"
     add_consumer(world, neighbour, f"{estate.vault_url}/keys/other-key/{other}", 3600)
     world.clock.advance(timedelta(hours=2))
-    bindings = app.all_bindings()
-    on_key = blast_radius_evidence(app.usage, estate_key(estate), remove_access=False, bindings=bindings)
+    known = [b.principal_id or "" for b in app.all_bindings()]
+    on_key = blast_radius_evidence(app.usage, estate_key(estate), remove_access=False, known_principals=known)
     assert on_key["usageEvidence"]["state"] == "available"
     [stranger] = on_key["unknownIdentities"]  # the clusters are known: their identities are not listed
     assert stranger["objectId"] == STRANGER and stranger["succeeded"] == 5 and stranger["versions"] == [estate.v1]
     assert stranger["lastCall"] is not None
-    on_vault = blast_radius_evidence(app.usage, estate_key(estate), remove_access=True, bindings=bindings)
+    on_vault = blast_radius_evidence(app.usage, estate_key(estate), remove_access=True, known_principals=known)
     assert {e["objectId"] for e in on_vault["unknownIdentities"]} == {STRANGER, neighbour}
     assert next(e for e in on_vault["unknownIdentities"] if e["objectId"] == neighbour)["keys"] == ["other-key"]
     none = blast_radius_evidence(steward(world, estate)[0].usage, estate_key(estate), remove_access=False,
-                                 bindings=bindings)
+                                 known_principals=known)
     assert none == {"usageEvidence": {"state": "not-configured", "reason": none["usageEvidence"]["reason"],
                                       "table": None, "since": None, "until": None, "truncated": False},
                     "unknownIdentities": []}
