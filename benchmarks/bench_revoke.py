@@ -42,11 +42,11 @@ from sandbox.transport import SandboxTransport, StaticTokenCredential, sandbox_s
 from sandbox.world import World
 from shared.auth import ROLE_REVOKE, Principal
 from shared.config import load_settings
-from shared.journal import MemoryJournal
 from shared.keyuri import parse_key_uri
 from shared.notify import RecordingNotifier
 from shared.runbooks import RevokeRequest, runbooks_for
 from shared.workqueue import MemoryQueue
+from tests.memory_journal import MemoryJournal
 
 OUT = Path(__file__).resolve().parent / "out" / "revoke.json"
 VAULT, KEY = "kv-fleet", "cmk-fleet"

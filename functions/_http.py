@@ -183,10 +183,10 @@ def _map_error(err: Exception, correlation: str) -> func.HttpResponse:
     return error_response(500, "InternalError", f"internal error (correlation id {correlation}); see the service logs")
 
 
-def guarded(req: func.HttpRequest, *, role: str, operation: str, handler: Handler,
+def guarded(req: func.HttpRequest, *, role: str | tuple[str, ...], operation: str, handler: Handler,
             app: Keysteward | None = None, environ: Mapping[str, str] | None = None) -> func.HttpResponse:
-    """Authenticates the caller, checks ``role``, runs ``handler(principal, audit)`` and maps
-    its errors (table in the module docstring); writes the one audit line.
+    """Authenticates the caller, checks ``role`` (any one of them, for a tuple), runs
+    ``handler(principal, audit)`` and maps its errors (table in the module docstring); writes the one audit line.
 
     The principal header is believed only where :func:`shared.auth.header_trusted` says so
     (``environ`` defaults to the process environment, ``app`` to the composition root's).

@@ -7,16 +7,20 @@ principal, app role, error mapping, one audit line):
 ===========================  ======  ===================  ===========================================
 route                        method  role                 answer
 ===========================  ======  ===================  ===========================================
-revoke                       POST    Revoke (Read for     200 blast radius (``dryRun``), else 202 run
-                                     a dry run)
+revoke                       POST    Revoke (Read or      200 blast radius (``dryRun``), else 202 run
+                                     Revoke for a dry
+                                     run)
 restore                      POST    Restore              202 run (200 with ``duplicate`` when the
                                                           revocation was already restored)
-runs/{id}                    GET     Read                 200 run with steps
-runs                         GET     Read                 200 ``{"runs": [...]}`` (``?key=URI``)
+runs/{id}                    GET     Read, Revoke or      200 run with steps
+                                     Restore
+runs                         GET     Read, Revoke or      200 ``{"runs": [...]}`` (``?key=URI``)
+                                     Restore
 runs/{id}/approve            POST    Revoke               202 run (two-person rule)
 ===========================  ======  ===================  ===========================================
 
-A revoke, restore or approve answers once the acting steps are done (the key is disabled or
+A refusal because the key is revoked by a run in force answers 409 (``KeyRevoked``) naming
+that run. A revoke, restore or approve answers once the acting steps are done (the key is disabled or
 the access removed: seconds), without waiting for the services to confirm: verification
 continues on ``resume`` and on the timer (:func:`shared.runbooks.resume_unfinished`), so no
 request comes near the platform's 230-second HTTP limit.
@@ -32,7 +36,7 @@ import azure.functions as func
 
 from functions._http import FUNCTION_KEY_PARAM, Audit, check_fields, guarded, json_response, read_json_body
 from functions._root import get_app
-from shared.auth import ROLE_READ, ROLE_RESTORE, ROLE_REVOKE, Principal, require_role
+from shared.auth import ANY_RUNBOOK_ROLE, ROLE_READ, ROLE_RESTORE, ROLE_REVOKE, Principal, require_role
 from shared.errors import ValidationError
 from shared.journal import Run
 from shared.keyuri import parse_key_uri
@@ -97,7 +101,7 @@ def revoke(req: func.HttpRequest) -> func.HttpResponse:
         audit.run, audit.outcome = view.run.run_id, view.run.status
         return _run_answer(view)
 
-    return guarded(req, role=ROLE_READ, operation="revoke", handler=handle)
+    return guarded(req, role=(ROLE_READ, ROLE_REVOKE), operation="revoke", handler=handle)
 
 
 @bp.function_name("restore")
@@ -131,7 +135,7 @@ def get_run(req: func.HttpRequest) -> func.HttpResponse:
         audit.key = view.run.key
         return json_response(200, view.as_dict())
 
-    return guarded(req, role=ROLE_READ, operation="get-run", handler=handle)
+    return guarded(req, role=ANY_RUNBOOK_ROLE, operation="get-run", handler=handle)
 
 
 @bp.function_name("list_runs")
@@ -154,7 +158,7 @@ def list_runs(req: func.HttpRequest) -> func.HttpResponse:
         runs = runbooks_for(app).runs(key, limit=int(raw_limit))
         return json_response(200, {"runs": [_run_summary(r) for r in runs]})
 
-    return guarded(req, role=ROLE_READ, operation="list-runs", handler=handle)
+    return guarded(req, role=ANY_RUNBOOK_ROLE, operation="list-runs", handler=handle)
 
 
 @bp.function_name("approve_run")

@@ -10,9 +10,9 @@ import azure.functions as func
 import structlog
 
 from functions._root import get_app
-from shared.errors import TransientError
+from shared.errors import PermanentError, TransientError
 from shared.retention import maintenance_pass
-from shared.runbooks import resume_unfinished
+from shared.runbooks import ResumeReport, resume_unfinished
 
 bp = func.Blueprint()  # type: ignore[no-untyped-call]  # azure-functions leaves __init__ unannotated
 log = structlog.get_logger("keysteward.timers")
@@ -33,6 +33,15 @@ def reconcile_schedule(timer: func.TimerRequest) -> None:
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(timer="reconcile", past_due=timer.past_due)
     app = get_app()
+    # The hold first: any version enabled (or access re-added) under a revocation in force goes
+    # dark again before anything else looks at the key. A failure is reported with the others below.
+    hold_errors: list[str] = []
+    try:
+        held = app.hold()
+    except (TransientError, PermanentError) as err:
+        held, hold_errors = [], [f"hold: {err}"]
+    if held:
+        log.warning("hold-pass", revocations=len(held))
     results = app.reconcile_all()
     log.info("reconcile-pass", keys=len(results), started=sum(len(r.started) for r in results),
              failed=sum(len(r.failed) for r in results))
@@ -41,9 +50,10 @@ def reconcile_schedule(timer: func.TimerRequest) -> None:
     log.info("retention-pass", run=sweep.run, retired=len(sweep.retired), repaired=len(sweep.repaired),
              recovered=len(sweep.recovered), errors=len(sweep.errors))
     # Runbooks interrupted, or waiting on verification, go on from where their journal says.
-    report = resume_unfinished(app)
+    # (A Functions app always has AzureWebJobsStorage; an app without it has no runs to resume.)
+    report = resume_unfinished(app) if app.has_journal else ResumeReport()
     log.info("runbooks-resumed", runs=len(report.views), errors=len(report.errors))
-    problems = [*sweep.errors, *report.errors]
+    problems = [*hold_errors, *sweep.errors, *report.errors]
     if problems:
         # Fail the invocation so the platform records it; the next pass tries again.
         raise TransientError(f"timer pass finished with {len(problems)} error(s): {problems[0]}")

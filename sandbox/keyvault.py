@@ -893,6 +893,14 @@ def _policy_body(world: World, vault: Vault, key: Key) -> JsonObj:
     }
 
 
+# Rotation policy: GET and PUT /keys/{key-name}/rotationpolicy, body KeyRotationPolicy
+# {id (read-only), lifetimeActions: [{trigger: {timeAfterCreate | timeBeforeExpiry}, action:
+# {type: Rotate | Notify}}], attributes: {expiryTime, created, updated (read-only)}}, per
+# azure-rest-api-specs specification/keyvault/data-plane/Microsoft.KeyVault/stable/7.5/keys.json
+# (operations GetKeyRotationPolicy / UpdateKeyRotationPolicy); azure-keyvault-keys 4.11 sends
+# api-version 2025-07-01 with the same shape. The rules _validated_policy applies (P7D minimum
+# trigger, P28D minimum expiryTime, one action of each type, a Notify kept) come from Key Vault's
+# documentation and observed behaviour, not from the spec, which states no such constraints: a guess.
 @ROUTER.route("GET", rf"/keys/{_N}/rotationpolicy")
 def _get_policy(world: World, req: Request, m: re.Match[str]) -> Response:
     vault = _vault(world, req)

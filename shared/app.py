@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from azure.core.credentials import TokenCredential
@@ -21,9 +21,10 @@ from azure.core.pipeline.transport import HttpTransport
 from shared.clients import ClientFactory, factory_for
 from shared.clock import Clock, RemoteSandboxClock, SystemClock
 from shared.config import Settings
+from shared.errors import ConfigError
 from shared.events import IgnoredEvent, KeyEventType, KeyVaultEvent
 from shared.inventory import ArmInventory, Inventory, ResourceGraphInventory, by_key, for_key
-from shared.journal import Journal, MemoryJournal, from_connection_string, from_identity
+from shared.journal import Journal, from_connection_string, from_identity
 from shared.keyvault import KeyStore, SdkKeyStore
 from shared.model import Binding, KeyRef, ServiceType
 from shared.notify import EventGridNotifier, LogNotifier, Notifier, Outcome
@@ -32,7 +33,11 @@ from shared.rotation import RotationResult, Rotator
 from shared.targets import Target, build_targets
 from shared.usage import NoUsageEvidence, UsageSource
 from shared.usage import from_settings as usage_from_settings
+from shared.vaultaccess import VaultAccess
 from shared.workqueue import MAX_CONFIRM_ATTEMPTS, MemoryQueue, StorageWorkQueue, WorkItem, WorkQueue, confirm_delay
+
+if TYPE_CHECKING:
+    from shared.runbooks import Hold, InForce, Runbooks
 
 
 @dataclass
@@ -78,35 +83,78 @@ class Keysteward:
         self._journal: Journal | None = None if callable(journal) else journal
         self._journal_factory: Callable[[], Journal] | None = journal if callable(journal) else None
         self._journal_lock = threading.Lock()
+        self._runbooks: Runbooks | None = None
         self.reconciler = Reconciler(
             settings=settings, keys=keys, targets=targets, inventory=inventory,
             notifier=notifier, clock=clock, budget=budget, usage=self.usage,
         )
-        self.rotator = Rotator(settings=settings, keys=keys, notifier=notifier, clock=clock)
+        self.rotator = Rotator(settings=settings, keys=keys, notifier=notifier, clock=clock,
+                               revoked_by=self.revocation_in_force)
         self.log = structlog.get_logger("keysteward")
 
     @property
+    def has_journal(self) -> bool:
+        """Whether a durable journal is configured (given, or built from AzureWebJobsStorage)."""
+        return self._journal is not None or self._journal_factory is not None
+
+    @property
     def journal(self) -> Journal:
-        """The runbook journal (runs, steps, leases); a factory given to the constructor runs on
-        first use, so building the app does no Storage I/O. Without either: in memory."""
+        """The runbook journal (runs, steps, leases, revocations in force); a factory given to the
+        constructor runs on first use, so building the app does no Storage I/O.
+
+        Raises ConfigError when no storage is configured: runbooks never journal in process
+        memory (no other instance would see the run or its lease, and it could never be restored).
+        """
         with self._journal_lock:
             if self._journal is None:
                 factory = self._journal_factory
-                self._journal = factory() if factory is not None else MemoryJournal(self.clock)
+                if factory is None:
+                    raise ConfigError("runbooks need durable storage: set AzureWebJobsStorage (a connection "
+                                      "string, or __accountName for identity-based access); nothing was done")
+                self._journal = factory()
             return self._journal
 
-    def revocation_in_force(self, key: KeyRef) -> str | None:
-        """The run id of a whole-key revocation not undone by a restore; ``None`` when none.
+    @property
+    def runbooks(self) -> Runbooks:
+        """The runbooks over this app's dependencies, built once. Raises ConfigError without a
+        durable journal or a client factory (before anything touches Azure)."""
+        from shared.runbooks import Runbooks  # noqa: PLC0415 - the runbooks import the app's types
 
-        While one is in force, reconcile moves no binding of the key: a new version of a revoked
-        key must not bring the data back online behind the on-call team's back.
+        if self._runbooks is None:
+            if self.clients is None:
+                raise ConfigError("the runbooks need the app's client factory (build the app with shared.app.build)")
+            self._runbooks = Runbooks(
+                settings=self.settings, clock=self.clock, keys=self.keys, targets=self.targets,
+                inventory=self.inventory, notifier=self.notifier, journal=self.journal,
+                vault_access=VaultAccess(self.clients, subscriptions=self.settings.subscriptions),
+            )
+        return self._runbooks
+
+    def revocation(self, key: KeyRef) -> InForce | None:
+        """The revocation in force on ``key`` (one record lookup; see :mod:`shared.runbooks.records`)."""
+        from shared.runbooks import Records  # noqa: PLC0415 - the runbooks import the app's types
+
+        return Records(journal=lambda: self.journal if self.has_journal else None, keys=self.keys).in_force(key)
+
+    def revocation_in_force(self, key: KeyRef) -> str | None:
+        """The run id of a revocation in force on ``key``; ``None`` when none.
+
+        While one is in force, reconcile moves no binding of the key, rotation creates no
+        version, and retention neither re-enables nor retires: a revoked key stays dark until
+        its own restore.
         """
-        for run in self.journal.list_runs(key=key.versionless().uri, limit=20):  # newest first
-            if run.kind == "restore" and run.status not in ("failed", "canceled"):
-                return None
-            if run.kind == "revoke" and run.status not in ("failed", "canceled", "pending-approval"):
-                return run.run_id
-        return None
+        found = self.revocation(key)
+        return found.run_id if found is not None else None
+
+    def hold(self, key: KeyRef | None = None) -> list[Any]:
+        """Enforces the revocations in force on ``key`` (all of them when ``None``); see
+        :mod:`shared.runbooks.hold`. Nothing to do without a journal (no revocation can be recorded)."""
+        if not self.has_journal:
+            return []
+        from shared.runbooks import Hold  # noqa: PLC0415 - the runbooks import the app's types
+
+        hold: Hold = Hold(self.runbooks.deps)
+        return list(hold.enforce(key))
 
     # ---- scope ------------------------------------------------------------------------------
     def in_scope(self, key: KeyRef) -> bool:
@@ -126,6 +174,10 @@ class Keysteward:
 
     def _on_new_version(self, event: KeyVaultEvent) -> EventResult:
         key = event.key.versionless()
+        # A version created while the key is revoked is disabled on sight (level-triggered hold).
+        for act in self.hold(key):
+            self.log.warning("new-version-held", event_id=event.event_id, key=key.uri, run=act.run_id,
+                             disabled=list(act.disabled))
         bindings = for_key(self.inventory.bindings(self.settings.subscriptions), key)
         subs = sorted({b.subscription for b in bindings})
         if len(subs) > 1:
@@ -184,7 +236,8 @@ class Keysteward:
         return self.inventory.bindings(self.settings.subscriptions)
 
     def reconcile_all(self, *, dry_run: bool = False, key: KeyRef | None = None) -> list[PassResult]:
-        """Safety net for lost events: every bound key in scope, one inventory read for all."""
+        """Safety net for lost events: every bound key in scope, one inventory read for all.
+        A revoked key's bindings are not moved (the timer enforces the hold before this pass)."""
         grouped = by_key(self.all_bindings())
         results: list[PassResult] = []
         for bindings in grouped.values():

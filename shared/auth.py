@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -34,6 +35,9 @@ ROLE_RESTORE: Final = "KeySteward.Restore"
 OID_CLAIMS: Final = ("http://schemas.microsoft.com/identity/claims/objectidentifier", "oid")
 NAME_CLAIMS: Final = ("name", "preferred_username")
 ROLE_CLAIMS: Final = ("roles", "http://schemas.microsoft.com/ws/2008/06/identity/claims/role")
+
+# An Entra object id is a GUID; in a claim it is written in its canonical 8-4-4-4-12 form.
+_GUID: Final = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 # A real principal is a few KB (a token's claims); anything far larger is not one, and
 # decoding it would only cost memory.
@@ -67,6 +71,23 @@ class Principal:
     def has_role(self, role: str) -> bool:
         """App role values are compared exactly, as Entra ID issues them."""
         return role in self.roles
+
+
+def canonical_object_id(value: str) -> str | None:
+    """``value`` as a canonical (lower-case, 8-4-4-4-12) GUID, or ``None`` when it is not one.
+    Braces, ``urn:uuid:``, missing hyphens and surrounding spaces are not GUIDs here: an oid
+    claim carries the canonical form, and anything else is refused rather than compared."""
+    return value.lower() if _GUID.fullmatch(value) else None
+
+
+def same_object_id(a: str, b: str) -> bool:
+    """Whether two recorded caller ids name one person: GUIDs compared as GUIDs; anything else
+    (the CLI's ``cli:<user>``) compared case-insensitively, with braces and spaces ignored."""
+    def norm(value: str) -> str:
+        text = value.strip().strip("{}").strip().lower()
+        return canonical_object_id(text) or text
+
+    return norm(a) == norm(b)
 
 
 def header_trusted(settings: Settings, environ: Mapping[str, str]) -> bool:
@@ -146,18 +167,24 @@ def principal_from_headers(headers: Mapping[str, str], *, trusted: bool) -> Prin
     for typ, val in claims:
         values.setdefault(typ.lower(), []).append(val)
 
-    oid = next((v.strip() for t in OID_CLAIMS for v in values.get(t.lower(), []) if v.strip()), "")
-    if not oid:
+    raw_oid = next((v for t in OID_CLAIMS for v in values.get(t.lower(), []) if v), "")
+    if not raw_oid:
         raise AuthError(401, "the caller principal has no object id")
+    oid = canonical_object_id(raw_oid)
+    if oid is None:
+        raise AuthError(401, "the caller principal's object id is not a GUID")
     name = next((v.strip() for t in name_types for v in values.get(t.lower(), []) if v.strip()), oid)
-    roles = frozenset(v.strip() for t in role_types for v in values.get(t, []) if v.strip())
+    # Role values exactly as issued: a padded or re-cased value is not the role.
+    roles = frozenset(v for t in role_types for v in values.get(t, []) if v)
     return Principal(object_id=oid, name=name[:_MAX_NAME], roles=roles)
 
 
-def require_role(principal: Principal, role: str) -> None:
-    """Raises :class:`AuthError` (403) unless ``principal`` holds app role ``role``."""
-    if not principal.has_role(role):
-        raise AuthError(403, f"the caller lacks the app role {role}")
+def require_role(principal: Principal, role: str | tuple[str, ...]) -> None:
+    """Raises :class:`AuthError` (403) unless ``principal`` holds app role ``role`` (one of
+    them, when a tuple is given)."""
+    wanted = (role,) if isinstance(role, str) else role
+    if not any(principal.has_role(r) for r in wanted):
+        raise AuthError(403, f"the caller lacks the app role {' or '.join(wanted)}")
 
 
 def encode_principal(object_id: str, *, name: str = "", roles: tuple[str, ...] = (),
@@ -172,15 +199,21 @@ def encode_principal(object_id: str, *, name: str = "", roles: tuple[str, ...] =
     return base64.b64encode(json.dumps(doc).encode("utf-8")).decode("ascii")
 
 
+ANY_RUNBOOK_ROLE: Final = (ROLE_READ, ROLE_REVOKE, ROLE_RESTORE)
+"""Who may read runs: readers, and the on-call roles, which read the runs they act on."""
+
 __all__ = [
+    "ANY_RUNBOOK_ROLE",
     "PRINCIPAL_HEADER",
     "ROLE_READ",
     "ROLE_RESTORE",
     "ROLE_REVOKE",
     "AuthError",
     "Principal",
+    "canonical_object_id",
     "encode_principal",
     "header_trusted",
     "principal_from_headers",
     "require_role",
+    "same_object_id",
 ]

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import TypedDict
+from typing import Final, TypedDict
 
 from shared.errors import ConfigError
 from shared.keyuri import normalize_vault_url
@@ -199,7 +199,10 @@ def _csv(raw: str | None) -> tuple[str, ...]:
     return tuple(p.strip() for p in (raw or "").split(",") if p.strip())
 
 
-def _number(env: Mapping[str, str], name: str, default: float, *, minimum: float) -> float:
+def _number(env: Mapping[str, str], name: str, default: float, *, minimum: float, maximum: float) -> float:
+    """The finite number in ``env[name]`` (``default`` when unset or blank), within
+    ``[minimum, maximum]``; raises ConfigError naming the variable otherwise (NaN and the
+    infinities included: ``float()`` accepts them, a setting must not)."""
     raw = env.get(name)
     if raw is None or not raw.strip():
         return default
@@ -207,9 +210,27 @@ def _number(env: Mapping[str, str], name: str, default: float, *, minimum: float
         value = float(raw)
     except ValueError as err:
         raise ConfigError(f"{name}: {raw!r} is not a number") from err
+    if not math.isfinite(value):
+        raise ConfigError(f"{name}: {raw.strip()!r} is not a finite number")
     if value < minimum:
-        raise ConfigError(f"{name}: {value} is below the minimum {minimum}")
+        raise ConfigError(f"{name}: {value:g} is below the minimum {minimum:g}")
+    if value > maximum:
+        raise ConfigError(f"{name}: {value:g} is above the maximum {maximum:g}")
     return value
+
+
+def _integer(env: Mapping[str, str], name: str, default: int, *, minimum: int, maximum: int) -> int:
+    """As :func:`_number`, for a whole number (``1.5`` is refused, ``2.0`` is 2)."""
+    value = _number(env, name, default, minimum=minimum, maximum=maximum)
+    if not float(value).is_integer():
+        raise ConfigError(f"{name}: {value:g} is not a whole number")
+    return int(value)
+
+
+# Upper bounds of the numeric settings: beyond them a value is a typo (or an overflow waiting in a
+# timedelta), never a deliberate choice.
+_HOURS_10Y: Final = 87_600.0
+_DAYS_10Y: Final = 3_650.0
 
 
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
@@ -255,7 +276,8 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         vaults = tuple(normalize_vault_url(v) for v in vault_texts)
     except ValueError as err:
         raise ConfigError(f"KEYSTEWARD_VAULTS: {err}") from err
-    retention_hours = _number(env, "KEYSTEWARD_RETENTION_HOURS", MIN_RETENTION_HOURS, minimum=MIN_RETENTION_HOURS)
+    retention_hours = _number(env, "KEYSTEWARD_RETENTION_HOURS", MIN_RETENTION_HOURS, minimum=MIN_RETENTION_HOURS,
+                              maximum=_HOURS_10Y)
     inventory = (env.get("KEYSTEWARD_INVENTORY") or "arm").strip().lower()
     if inventory not in ("arm", "resourcegraph"):
         raise ConfigError("KEYSTEWARD_INVENTORY: use 'arm' or 'resourcegraph'")
@@ -271,25 +293,34 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         storage_queue_uri=queue_uri,
         storage_table_uri=table_uri,
         retention=timedelta(hours=retention_hours),
-        max_concurrency=int(_number(env, "KEYSTEWARD_MAX_CONCURRENCY", 16, minimum=1)),
-        arm_writes_per_s=_number(env, "KEYSTEWARD_ARM_WRITES_PER_S", 5.0, minimum=0.1),
-        arm_write_burst=int(_number(env, "KEYSTEWARD_ARM_WRITE_BURST", 100, minimum=1)),
-        lag_alert=timedelta(minutes=_number(env, "KEYSTEWARD_LAG_ALERT_MINUTES", 120, minimum=1)),
-        expiry_margin=timedelta(days=_number(env, "KEYSTEWARD_EXPIRY_MARGIN_DAYS", 7, minimum=0)),
-        rotation_max_age=timedelta(days=_number(env, "KEYSTEWARD_ROTATION_MAX_AGE_DAYS", 90, minimum=1)),
+        # 256 parallel updates is far beyond what one subscription's ARM write budget sustains.
+        max_concurrency=_integer(env, "KEYSTEWARD_MAX_CONCURRENCY", 16, minimum=1, maximum=256),
+        # ARM refills 10 writes/s per subscription at most (and a bucket of 1,200): our share is below.
+        arm_writes_per_s=_number(env, "KEYSTEWARD_ARM_WRITES_PER_S", 5.0, minimum=0.1, maximum=1_000),
+        arm_write_burst=_integer(env, "KEYSTEWARD_ARM_WRITE_BURST", 100, minimum=1, maximum=100_000),
+        lag_alert=timedelta(minutes=_number(env, "KEYSTEWARD_LAG_ALERT_MINUTES", 120, minimum=1,
+                                            maximum=_DAYS_10Y * 24 * 60)),
+        expiry_margin=timedelta(days=_number(env, "KEYSTEWARD_EXPIRY_MARGIN_DAYS", 7, minimum=0, maximum=_DAYS_10Y)),
+        rotation_max_age=timedelta(days=_number(env, "KEYSTEWARD_ROTATION_MAX_AGE_DAYS", 90, minimum=1,
+                                                maximum=_DAYS_10Y)),
         managed_keys=_csv(env.get("KEYSTEWARD_MANAGED_KEYS")),
         rotate_on_expired=_bool(env, "KEYSTEWARD_ROTATE_ON_EXPIRED", True),
         hold_tag=(env.get("KEYSTEWARD_HOLD_TAG") or "keysteward-hold").strip(),
         key_sizes=_key_sizes(env.get("KEYSTEWARD_KEY_SIZES")),
         inventory=inventory,
         work_queue=(env.get("KEYSTEWARD_WORK_QUEUE") or "keysteward-work").strip(),
-        confirm_delay=timedelta(seconds=_number(env, "KEYSTEWARD_CONFIRM_DELAY_SECONDS", 30, minimum=0)),
+        # A Storage queue message's visibility delay is at most 7 days.
+        confirm_delay=timedelta(seconds=_number(env, "KEYSTEWARD_CONFIRM_DELAY_SECONDS", 30, minimum=0,
+                                                maximum=7 * 24 * 3600)),
         outcome_topic=(env.get("KEYSTEWARD_OUTCOME_TOPIC") or "").strip() or None,
         drift_mode=drift,
-        backup_window=timedelta(hours=_number(env, "KEYSTEWARD_BACKUP_WINDOW_HOURS", 0, minimum=0)),
+        backup_window=timedelta(hours=_number(env, "KEYSTEWARD_BACKUP_WINDOW_HOURS", 0, minimum=0,
+                                              maximum=_HOURS_10Y)),
         trust_principal_header=_bool(env, "KEYSTEWARD_TRUST_PRINCIPAL_HEADER", False),
         two_person_rule=_bool(env, "KEYSTEWARD_TWO_PERSON_RULE", False),
-        verify_deadline=timedelta(minutes=_number(env, "KEYSTEWARD_VERIFY_DEADLINE_MINUTES", 15, minimum=0)),
+        # A day: a verification still pending then is an incident, not a wait.
+        verify_deadline=timedelta(minutes=_number(env, "KEYSTEWARD_VERIFY_DEADLINE_MINUTES", 15, minimum=0,
+                                                  maximum=24 * 60)),
         table_prefix=(env.get("KEYSTEWARD_TABLE_PREFIX") or "keysteward").strip(),
         **_audit_settings(env),
     )

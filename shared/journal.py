@@ -15,7 +15,9 @@ Every write that changes a record is guarded by the record's ETag (optimistic co
 
 Two implementations share one behaviour (and one test suite): :class:`TableJournal` over
 ``azure-data-tables`` (Azurite locally and in CI, the Functions storage account in Azure),
-and :class:`MemoryJournal` for fast tests of the runbook logic at this Protocol boundary.
+and a test double in memory (``tests/memory_journal.py``) for fast tests of the runbook logic at
+this Protocol boundary. Runbooks never fall back to memory: a revocation journaled where no
+other instance sees it, and gone when the process exits, could never be restored.
 
 Storage layout (:class:`TableJournal`), three tables named ``{prefix}runs``,
 ``{prefix}steps`` and ``{prefix}leases``:
@@ -34,6 +36,10 @@ Storage layout (:class:`TableJournal`), three tables named ``{prefix}runs``,
 ``{prefix}leases``
     PartitionKey = sha256 of the normalised key URI (Table keys forbid ``/ \\ # ?``), RowKey
     ``lease``.
+``{prefix}revocations``
+    The revocations in force: PartitionKey = sha256 of the normalised versionless key URI,
+    RowKey = the revocation's run id. A key's partition answers "is it revoked, by which run,
+    in which mode" in one read, however many runs the journal holds.
 
 Dict columns (``params``, ``result``) are stored as JSON text. A Table string property holds
 at most 64 KiB (32 K UTF-16 code units), so the JSON is written ASCII-only and split over
@@ -49,6 +55,11 @@ text, so a reader checks what it reassembles) and the page count. Pages are writ
 refers to them, so a reader never sees a step whose pages are missing; pages left behind by a
 writer that lost the race are never referenced (and never read).
 
+(Size: one module of about 1,100 lines because the Protocol, the record types, the Table
+layout and the helpers both backends share are one contract; :class:`TableJournal` is the only
+class above 250 lines, one method per Protocol call plus the paging. Splitting the Table backend
+into its own module is the next step when this file grows.)
+
 A value larger than its limit is replaced by ``{"truncated": true, "originalChars": n,
 "preview": "..."}`` rather than refused, because a step result is written after the step has
 acted and must not be lost. Both implementations apply the same rules.
@@ -61,9 +72,8 @@ import hashlib
 import itertools
 import json
 import secrets
-import threading
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Protocol
 
@@ -197,8 +207,22 @@ class Lease:
     etag: str
 
 
+@dataclass(frozen=True)
+class Revocation:
+    """A revocation in force on a key: written as the first act of a revoke, removed only by a
+    successful restore of that run. ``key`` is the versionless key URI; ``restoring`` names the
+    restore run under way, if any (the hold stands aside for it)."""
+
+    key: str
+    run_id: str
+    mode: str
+    created: datetime
+    restoring: str | None
+    etag: str
+
+
 class Journal(Protocol):
-    """Where runbooks record runs and steps, and take per-key leases."""
+    """Where runbooks record runs and steps, take per-key leases, and keep the revocations in force."""
 
     def create_run(
         self,
@@ -302,6 +326,24 @@ class Journal(Protocol):
         """Runs with status ``running`` last updated before ``older_than`` (``None``: all of
         them), oldest first: the timer's resume sweep. ``pending-approval`` runs are excluded:
         they wait for a person, not for a resume."""
+        ...
+
+    def put_revocation(self, *, key: str, run_id: str, mode: str) -> Revocation:
+        """Records that revocation ``run_id`` is in force on ``key``; idempotent (an existing
+        record of that run is returned as it is)."""
+        ...
+
+    def revocations(self, key: str | None = None) -> list[Revocation]:
+        """The revocations in force on ``key`` (every key when ``None``), oldest first. One
+        partition read per key, however many runs the journal holds."""
+        ...
+
+    def update_revocation(self, revocation: Revocation, *, restoring: str | None) -> Revocation:
+        """Sets ``restoring``; raises :class:`ConflictError` if the record changed or is gone."""
+        ...
+
+    def end_revocation(self, *, key: str, run_id: str) -> None:
+        """Removes the record of ``run_id`` on ``key`` (no error when it is already gone)."""
         ...
 
 
@@ -492,6 +534,7 @@ class TableJournal:
         self._runs = self._table(service, f"{table_prefix}runs")
         self._steps = self._table(service, f"{table_prefix}steps")
         self._leases = self._table(service, f"{table_prefix}leases")
+        self._revocations = self._table(service, f"{table_prefix}revocations")
 
     @staticmethod
     def _table(service: TableServiceClient, name: str) -> TableClient:
@@ -856,6 +899,67 @@ class TableJournal:
             raise translate(err, what=f"release lease on {lease.key}") from err
 
 
+    # revocations in force ----------------------------------------------------------------
+    # PartitionKey = key_hash(versionless key URI), RowKey = run id: one partition per key.
+
+    @staticmethod
+    def _to_revocation(entity: Mapping[str, Any]) -> Revocation:
+        return Revocation(key=str(entity["Key"]), run_id=str(entity["RowKey"]), mode=str(entity["Mode"]),
+                          created=_utc(entity["Created"]), restoring=str(entity.get("Restoring") or "") or None,
+                          etag=_entity_etag(entity))
+
+    def put_revocation(self, *, key: str, run_id: str, mode: str) -> Revocation:
+        what = f"record revocation {run_id}"
+        created = _now(self._clock)
+        entity = {"PartitionKey": key_hash(key), "RowKey": run_id, "Key": key, "Mode": mode,
+                  "Created": created, "Restoring": ""}
+        try:
+            metadata = self._revocations.create_entity(entity)
+        except ResourceExistsError:
+            try:
+                return self._to_revocation(self._revocations.get_entity(key_hash(key), run_id))
+            except AzureError as err:
+                raise translate(err, what=what) from err
+        except AzureError as err:
+            raise translate(err, what=what) from err
+        return Revocation(key=key, run_id=run_id, mode=mode, created=created, restoring=None,
+                          etag=_etag(metadata))
+
+    def revocations(self, key: str | None = None) -> list[Revocation]:
+        what = "read revocations in force"
+        try:
+            if key is None:
+                entities = list(self._revocations.list_entities())
+            else:
+                entities = list(self._revocations.query_entities(
+                    "PartitionKey eq @pk", parameters={"pk": key_hash(key)}))
+        except AzureError as err:
+            raise translate(err, what=what) from err
+        return sorted((self._to_revocation(e) for e in entities), key=lambda r: (r.created, r.run_id))
+
+    def update_revocation(self, revocation: Revocation, *, restoring: str | None) -> Revocation:
+        what = f"update revocation {revocation.run_id}"
+        entity = {"PartitionKey": key_hash(revocation.key), "RowKey": revocation.run_id, "Key": revocation.key,
+                  "Mode": revocation.mode, "Created": revocation.created, "Restoring": restoring or ""}
+        try:
+            metadata = self._revocations.update_entity(entity, mode=UpdateMode.REPLACE, etag=revocation.etag,
+                                                       match_condition=MatchConditions.IfNotModified)
+        except ResourceModifiedError as err:
+            raise ConflictError(f"{what}: it changed since it was read") from err
+        except AzureError as err:
+            error = translate(err, what=what)
+            if isinstance(error, NotFoundError):
+                raise ConflictError(f"{what}: it was ended") from err
+            raise error from err
+        return dataclasses.replace(revocation, restoring=restoring, etag=_etag(metadata))
+
+    def end_revocation(self, *, key: str, run_id: str) -> None:
+        try:
+            self._revocations.delete_entity(key_hash(key), run_id)  # the SDK ignores 404 on delete
+        except AzureError as err:
+            raise translate(err, what=f"end revocation {run_id}") from err
+
+
 def _status_filter(statuses: Iterable[str], parameters: dict[str, Any]) -> str:
     terms = []
     for n, status in enumerate(sorted(statuses)):
@@ -1005,173 +1109,3 @@ def _completed(
         error=None if error is None else _clip(error),
         finished=_now(clock),
     )
-
-
-# --------------------------------------------------------------------------------------
-# In memory
-
-
-@dataclass
-class _Memory:
-    runs: dict[str, Run] = field(default_factory=dict)
-    steps: dict[tuple[str, int], Step] = field(default_factory=dict)
-    leases: dict[str, Lease] = field(default_factory=dict)
-
-
-class MemoryJournal:
-    """:class:`Journal` in process memory, with the same semantics as :class:`TableJournal`
-    (ETags, insert-if-absent, ordering, JSON truncation); one lock serialises every call, so
-    threads racing for a step or a lease behave as instances racing over Table storage."""
-
-    def __init__(self, clock: Clock) -> None:
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._data = _Memory()
-        self._etags = itertools.count(1)
-
-    def _etag(self) -> str:
-        return f'W/"{next(self._etags)}"'
-
-    @staticmethod
-    def _out_run(run: Run) -> Run:
-        return dataclasses.replace(run, params=_copy_json(run.params), result=_copy_json(run.result))
-
-    @staticmethod
-    def _out_step(step: Step) -> Step:
-        return dataclasses.replace(step, result=_copy_json(step.result))
-
-    def create_run(
-        self,
-        *,
-        kind: str,
-        key: str,
-        caller_oid: str,
-        caller_name: str,
-        reason: str,
-        ticket: str,
-        params: Mapping[str, Any],
-        status: str = "running",
-    ) -> Run:
-        run = _new_run(
-            _now(self._clock), kind=kind, key=key, caller_oid=caller_oid, caller_name=caller_name,
-            reason=reason, ticket=ticket, params=params, status=status,
-        )
-        with self._lock:
-            run = dataclasses.replace(run, etag=self._etag())
-            self._data.runs[run.run_id] = run
-        return self._out_run(run)
-
-    def get_run(self, run_id: str) -> Run:
-        with self._lock:
-            run = self._data.runs.get(run_id)
-        if run is None:
-            raise NotFoundError(f"no run {run_id!r}", code="RunNotFound", status=404)
-        return self._out_run(run)
-
-    def list_runs(
-        self, *, key: str | None = None, statuses: set[str] | None = None, limit: int = 100
-    ) -> list[Run]:
-        with self._lock:
-            runs = list(self._data.runs.values())
-        wanted = None if key is None else normalise_key(key)
-        chosen = [
-            r for r in runs
-            if (wanted is None or normalise_key(r.key) == wanted)
-            and (statuses is None or r.status in statuses)
-        ]
-        chosen.sort(key=lambda r: run_row_key(r.run_id) or "")
-        return [self._out_run(r) for r in chosen[: max(limit, 0)]]
-
-    def update_run(
-        self,
-        run: Run,
-        *,
-        status: str | None = None,
-        result: Mapping[str, Any] | None = None,
-        params: Mapping[str, Any] | None = None,
-    ) -> Run:
-        updated = _updated_run(run, self._clock, status=status, result=result, params=params)
-        with self._lock:
-            stored = self._data.runs.get(run.run_id)
-            if stored is None:
-                raise NotFoundError(f"update run {run.run_id}: not found", code="RunNotFound", status=404)
-            if stored.etag != run.etag:
-                raise ConflictError(f"run {run.run_id} changed since it was read")
-            updated = dataclasses.replace(updated, etag=self._etag())
-            self._data.runs[run.run_id] = updated
-        return self._out_run(updated)
-
-    def list_unfinished(self, older_than: datetime | None = None) -> list[Run]:
-        before = None if older_than is None else _utc(older_than)
-        with self._lock:
-            runs = [
-                r for r in self._data.runs.values()
-                if r.status == "running" and (before is None or r.updated < before)
-            ]
-        runs.sort(key=lambda r: run_row_key(r.run_id) or "", reverse=True)
-        return [self._out_run(r) for r in runs]
-
-    def steps(self, run_id: str) -> list[Step]:
-        with self._lock:
-            found = [s for (rid, _), s in self._data.steps.items() if rid == run_id]
-        return [self._out_step(s) for s in sorted(found, key=lambda s: s.index)]
-
-    def claim_step(
-        self, run_id: str, index: int, name: str, *, owner: str, stale_after: timedelta
-    ) -> Step | None:
-        _check_index(index)
-        now = _now(self._clock)
-        with self._lock:
-            current = self._data.steps.get((run_id, index))
-            claimed = _claim(current, run_id, index, name, owner=owner, stale_after=stale_after, now=now)
-            if claimed is None:
-                return None
-            claimed = dataclasses.replace(claimed, etag=self._etag())
-            self._data.steps[(run_id, index)] = claimed
-        return self._out_step(claimed)
-
-    def complete_step(
-        self, step: Step, *, status: str, result: Mapping[str, Any], error: str | None = None
-    ) -> Step:
-        done = _completed(step, self._clock, status=status, result=result, error=error)
-        what = f"complete step {step.index} ({step.name}) of run {step.run_id}"
-        with self._lock:
-            stored = self._data.steps.get((step.run_id, step.index))
-            if stored is None:
-                raise NotFoundError(f"{what}: not found", code="StepNotFound", status=404)
-            if stored.etag != step.etag:
-                raise ConflictError(f"{what}: another owner took the step over")
-            done = dataclasses.replace(done, etag=self._etag())
-            self._data.steps[(step.run_id, step.index)] = done
-        return self._out_step(done)
-
-    def acquire_lease(self, key: str, *, owner: str, ttl: timedelta) -> Lease | None:
-        now = _now(self._clock)
-        slot = normalise_key(key)
-        with self._lock:
-            held = self._data.leases.get(slot)
-            if held is not None and held.owner != owner and held.expires > now:
-                return None
-            lease = Lease(key=key, owner=owner, expires=now + ttl, etag=self._etag())
-            self._data.leases[slot] = lease
-        return lease
-
-    def renew_lease(self, lease: Lease, ttl: timedelta) -> Lease:
-        now = _now(self._clock)
-        slot = normalise_key(lease.key)
-        with self._lock:
-            held = self._data.leases.get(slot)
-            if held is None:
-                raise ConflictError(f"renew lease on {lease.key}: the lease was released")
-            if held.etag != lease.etag:
-                raise ConflictError(f"renew lease on {lease.key}: the lease was lost")
-            renewed = dataclasses.replace(lease, expires=now + ttl, etag=self._etag())
-            self._data.leases[slot] = renewed
-        return renewed
-
-    def release_lease(self, lease: Lease) -> None:
-        slot = normalise_key(lease.key)
-        with self._lock:
-            held = self._data.leases.get(slot)
-            if held is not None and held.etag == lease.etag:
-                del self._data.leases[slot]

@@ -7,9 +7,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
-from azure.keyvault.keys import KeyProperties, KeyVaultKey
+from azure.keyvault.keys import KeyProperties, KeyRotationLifetimeAction, KeyRotationPolicy, KeyVaultKey
 
 from shared.clients import ClientFactory
 from shared.errors import PermanentError
@@ -57,6 +57,8 @@ class KeyStore(Protocol):
     def recover(self, key: KeyRef) -> None: ...
     def list_keys(self, vault_url: str) -> list[KeyRef]: ...
     def rotation_policy(self, key: KeyRef) -> list[str]: ...
+    def rotation_policy_doc(self, key: KeyRef) -> dict[str, Any] | None: ...
+    def set_rotation_policy_doc(self, key: KeyRef, doc: Mapping[str, Any]) -> None: ...
 
 
 class SdkKeyStore:
@@ -144,3 +146,35 @@ class SdkKeyStore:
             kind = getattr(action.action, "value", action.action)
             out.append(f"{kind} {'after' if action.time_after_create else 'before expiry'} {when}")
         return out
+
+    # Rotation policy as data (Key Vault data plane, azure-rest-api-specs
+    # specification/keyvault/data-plane/Microsoft.KeyVault/stable/7.5/keys.json, KeyRotationPolicy:
+    # lifetimeActions[{trigger: {timeAfterCreate | timeBeforeExpiry}, action: {type: Rotate | Notify}}],
+    # attributes.expiryTime). The SDK (azure-keyvault-keys 4.11) maps these to KeyRotationPolicy.
+    def rotation_policy_doc(self, key: KeyRef) -> dict[str, Any] | None:
+        """The key's rotation policy as JSON-ready data (``lifetimeActions`` of ``action``,
+        ``timeAfterCreate``, ``timeBeforeExpiry``; ``expiresIn``), or ``None`` when the key has none."""
+        from shared.errors import NotFoundError  # noqa: PLC0415
+
+        try:
+            with _sdk(f"get rotation policy of {key.versionless()}"):
+                policy = self._clients.keys(key.vault_url).get_key_rotation_policy(key.name)
+        except NotFoundError:
+            return None
+        return {
+            "lifetimeActions": [
+                {"action": str(getattr(a.action, "value", a.action)), "timeAfterCreate": a.time_after_create,
+                 "timeBeforeExpiry": a.time_before_expiry}
+                for a in policy.lifetime_actions or []
+            ],
+            "expiresIn": policy.expires_in,
+        }
+
+    def set_rotation_policy_doc(self, key: KeyRef, doc: Mapping[str, Any]) -> None:
+        """Replaces the key's rotation policy with ``doc`` (the form :meth:`rotation_policy_doc` returns)."""
+        actions = [KeyRotationLifetimeAction(str(a["action"]), time_after_create=a.get("timeAfterCreate"),
+                                             time_before_expiry=a.get("timeBeforeExpiry"))
+                   for a in doc.get("lifetimeActions") or []]
+        policy = KeyRotationPolicy(lifetime_actions=actions, expires_in=doc.get("expiresIn"))
+        with _sdk(f"set rotation policy of {key.versionless()}"):
+            self._clients.keys(key.vault_url).update_key_rotation_policy(key.name, policy)

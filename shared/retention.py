@@ -257,6 +257,13 @@ def disable_version(app: Keysteward, key: KeyRef, *, reason: str, ticket: str, c
     """Guarded disable of one version; raises :class:`RetentionRefused` when the rule forbids it."""
     if key.version is None:
         raise PermanentError("disable needs a versioned key URI", code="BadRequest", status=400)
+    revoked_by = app.revocation_in_force(key)
+    if revoked_by is not None:
+        # A revoked key changes only through its own restore (issue: "a revocation holds").
+        structlog.get_logger("keysteward.retention").warning("disable-refused", key=str(key), caller=caller,
+                                                             ticket=ticket, revoked_by=revoked_by)
+        raise PermanentError(f"disable refused: the key is revoked by run {revoked_by}; restore that run first",
+                             code="KeyRevoked", status=409)
     facts = key_facts(app, key)
     result = verdict_for(app, facts, key.version)
     log = structlog.get_logger("keysteward.retention")
@@ -291,10 +298,12 @@ class SweepResult:
     drift_alerts: list[str] = field(default_factory=list)
     recovered: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    revoked: dict[str, str] = field(default_factory=dict)  # key URI -> the revocation run it stood down for
 
     def as_dict(self) -> dict[str, Any]:
         return {"run": self.run, "retired": self.retired, "kept": self.kept, "repaired": self.repaired,
-                "driftAlerts": self.drift_alerts, "recovered": self.recovered, "errors": self.errors}
+                "driftAlerts": self.drift_alerts, "recovered": self.recovered, "errors": self.errors,
+                "revoked": self.revoked}
 
 
 def maintenance_pass(app: Keysteward, *, dry_run: bool = False, retire: bool = True,
@@ -319,6 +328,12 @@ def maintenance_pass(app: Keysteward, *, dry_run: bool = False, retire: bool = T
         try:
             used = grouped.get(key_id, [])
             if used and repair and _recover_if_deleted(app, key, used, dry_run=dry_run, result=result):
+                continue
+            revoked_by = app.revocation_in_force(key)
+            if revoked_by is not None:
+                # Neither drift repair nor retirement touches a revoked key: only its restore does.
+                result.revoked[key.uri] = revoked_by
+                log.info("retention-stood-down", key=key.uri, revoked_by=revoked_by)
                 continue
             facts = key_facts(app, key, used)
             if repair:

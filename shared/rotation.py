@@ -9,6 +9,7 @@ duplicate or stale NearExpiry event finds the key already rotated and does nothi
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -16,6 +17,7 @@ import structlog
 
 from shared.clock import Clock
 from shared.config import Settings
+from shared.errors import PermanentError
 from shared.keyvault import KeyStore
 from shared.model import KeyRef, KeyVersion
 from shared.notify import Notifier, Outcome
@@ -63,14 +65,31 @@ class RotationResult:
 
 
 class Rotator:
-    def __init__(self, *, settings: Settings, keys: KeyStore, notifier: Notifier, clock: Clock) -> None:
+    """Rotates keys; ``revoked_by`` answers, per key, the run id of a revocation in force
+    (``None``: not revoked). While one is, no path rotates the key: a new version would be
+    enabled, and the data the revocation took offline would come back."""
+
+    def __init__(self, *, settings: Settings, keys: KeyStore, notifier: Notifier, clock: Clock,
+                 revoked_by: Callable[[KeyRef], str | None] | None = None) -> None:
         self._settings = settings
         self._keys = keys
         self._notifier = notifier
         self._clock = clock
+        self._revoked_by = revoked_by
         self._log = structlog.get_logger("keysteward.rotation")
 
+    def _refused(self, key: KeyRef) -> str | None:
+        run = self._revoked_by(key) if self._revoked_by is not None else None
+        if run is None:
+            return None
+        reason = f"rotation refused: the key is revoked by run {run}; restore that run first"
+        self._log.warning("rotation-refused", key=str(key), run=run, reason=reason)
+        return reason
+
     def _rotate(self, key: KeyRef, current: KeyVersion, reason: str) -> RotationResult:
+        refused = self._refused(key)
+        if refused is not None:
+            return RotationResult(key, False, None, refused)
         new = self._keys.rotate(key)
         # Tags are per version: carry keysteward's policy tags to the new version.
         carried = {k: v for k, v in current.tags.items() if k.lower() in POLICY_TAGS}
@@ -82,7 +101,12 @@ class Rotator:
         return RotationResult(key, True, new.version, reason)
 
     def rotate_now(self, key: KeyRef, *, reason: str = "requested") -> RotationResult:
+        """Rotates now (CLI ``rotate``). Raises PermanentError (409, ``KeyRevoked``) while a
+        revocation is in force on the key."""
         key = key.versionless()
+        refused = self._refused(key)
+        if refused is not None:
+            raise PermanentError(refused, code="KeyRevoked", status=409)
         return self._rotate(key, self._keys.current(key), reason)
 
     def on_near_expiry(self, key: KeyRef, *, event_version: str | None, event_id: str | None) -> RotationResult:

@@ -24,7 +24,7 @@ from shared.app import Keysteward, build
 from shared.auth import ROLE_READ, ROLE_RESTORE, ROLE_REVOKE, AuthError, Principal
 from shared.config import load_settings
 from shared.errors import PermanentError
-from shared.journal import JSON_MAX_CHARS, Journal, MemoryJournal, TableJournal
+from shared.journal import JSON_MAX_CHARS, Journal, TableJournal
 from shared.keyuri import parse_key_uri
 from shared.model import KeyRef
 from shared.notify import RecordingNotifier
@@ -43,6 +43,7 @@ from shared.runbooks import (
 from shared.workqueue import MemoryQueue
 from tests.app.estate import RG, Estate, kv_mgmt, make_estate
 from tests.azurite import Azurite
+from tests.memory_journal import MemoryJournal
 
 ALICE = Principal("11111111-aaaa-4000-8000-000000000001", "Alice On-call", frozenset({ROLE_READ, ROLE_REVOKE}))
 BOB = Principal("22222222-bbbb-4000-8000-000000000002", "Bob Second", frozenset({ROLE_REVOKE, ROLE_RESTORE}))

@@ -17,9 +17,9 @@ from functions.runbooks import approve_run, get_run, list_runs, restore, revoke
 from sandbox.transport import sandbox_session
 from sandbox.world import World
 from shared.auth import ROLE_READ, ROLE_RESTORE, ROLE_REVOKE, encode_principal
-from shared.journal import MemoryJournal
 from shared.runbooks import resume_unfinished
 from tests.app.test_runbooks import Rig, rig_for
+from tests.memory_journal import MemoryJournal
 
 ALICE = encode_principal("11111111-aaaa-4000-8000-000000000001", name="Alice", roles=(ROLE_READ, ROLE_REVOKE))
 BOB = encode_principal("22222222-bbbb-4000-8000-000000000002", name="Bob", roles=(ROLE_REVOKE, ROLE_RESTORE))

@@ -34,10 +34,10 @@ from sandbox.world import World
 from shared.app import build
 from shared.auth import ROLE_READ, ROLE_RESTORE, ROLE_REVOKE, encode_principal
 from shared.config import load_settings
-from shared.journal import MemoryJournal
 from shared.notify import RecordingNotifier
 from shared.workqueue import MemoryQueue
 from tests.app.estate import key_client, make_cluster, make_vault
+from tests.memory_journal import MemoryJournal
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = ROOT / "docs" / "openapi.yaml"

@@ -20,7 +20,6 @@ from shared.journal import (
     ConflictError,
     Journal,
     Lease,
-    MemoryJournal,
     Run,
     Step,
     TableJournal,
@@ -30,6 +29,7 @@ from shared.journal import (
     table_service,
 )
 from tests.azurite import Azurite
+from tests.memory_journal import MemoryJournal
 
 KEY = "https://vault-a.vault.azure.net/keys/cmk-a"
 OTHER_KEY = "https://vault-b.vault.azure.net/keys/cmk-b"
@@ -585,3 +585,38 @@ def test_from_connection_string_creates_tables_once(azurite: Azurite, clock: Fak
     second = from_connection_string(azurite.connection_string, clock=clock, table_prefix=prefix)
 
     assert second.get_run(run.run_id) == run
+
+
+# ---- revocations in force -----------------------------------------------------------------------------
+
+
+def test_revocation_records_are_one_read_per_key_and_idempotent(backend: Backend, clock: FakeClock) -> None:
+    journal = backend.journal
+    other_key = KEY.replace("/keys/", "/keys/other-")
+    first = journal.put_revocation(key=KEY, run_id="20240501T120000123Z-aaaaaaaaaa", mode="disable")
+    clock.advance(timedelta(seconds=1))
+    again = journal.put_revocation(key=KEY, run_id=first.run_id, mode="disable")  # a resumed drive
+    assert (again.run_id, again.created) == (first.run_id, first.created)
+    journal.put_revocation(key=KEY.upper().replace("HTTPS", "https"), run_id="20240501T120001123Z-bbbbbbbbbb",
+                           mode="remove-access")
+    journal.put_revocation(key=other_key, run_id="20240501T120002123Z-cccccccccc", mode="disable")
+    for _n in range(25):  # other runs in the journal never hide a record
+        make_run(journal, status="pending-approval")
+    seen = backend.another().revocations(KEY)
+    assert [(r.run_id, r.mode) for r in seen] == [(first.run_id, "disable"),
+                                                 ("20240501T120001123Z-bbbbbbbbbb", "remove-access")]
+    assert len(journal.revocations()) == 3
+
+
+def test_revocation_restoring_mark_is_etag_guarded_and_ending_is_idempotent(backend: Backend) -> None:
+    journal = backend.journal
+    record = journal.put_revocation(key=KEY, run_id="20240501T120000123Z-aaaaaaaaaa", mode="disable")
+    marked = journal.update_revocation(record, restoring="20240501T130000123Z-dddddddddd")
+    assert backend.another().revocations(KEY)[0].restoring == "20240501T130000123Z-dddddddddd"
+    with pytest.raises(ConflictError):
+        journal.update_revocation(record, restoring=None)  # stale copy
+    journal.end_revocation(key=KEY, run_id=record.run_id)
+    journal.end_revocation(key=KEY, run_id=record.run_id)
+    assert backend.another().revocations(KEY) == []
+    with pytest.raises(ConflictError):
+        journal.update_revocation(marked, restoring=None)  # ended

@@ -19,7 +19,9 @@ I2  every pinned, updatable binding ends on its key's current version (unless he
 I3  every run ends succeeded, or failed with a reason, or is resumable and finishes on resume;
 I4  re-delivering any event, or re-running any pass, makes no further write;
 I5  nothing is ever deleted or purged;
-I6  no request is sent to a host outside the configured vaults and ARM.
+I6  no request is sent to a host outside the configured vaults and ARM;
+I7  while a revocation is in force, no version of its key is enabled and no binding of it is
+    moved, except by its own restore.
 """
 
 from __future__ import annotations
@@ -165,6 +167,8 @@ def check_i3(runs: Iterable[Run]) -> list[str]:
     with what failed or went unconfirmed; or canceled (a duplicate restore)."""
     problems: list[str] = []
     for run in runs:
+        if run.status == "pending-approval":
+            continue  # waits for a second person, not for the engine (the soak's junk runs)
         if run.status not in FINISHED_OK:
             problems.append(f"I3: run {run.run_id} ({run.kind}) is {run.status} after recovery")
         elif run.status == "failed" and not (run.result.get("error") or run.result.get("failedStep")):
@@ -237,3 +241,36 @@ __all__ = [
     "disables_between",
     "is_write",
 ]
+
+
+# ---- I7 -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class InForce:
+    """A revocation in force through a whole step (recorded at its start and at its end, and no
+    restore of it under way): its run, its key (``key_id`` form) and its mode."""
+
+    run_id: str
+    key_id: str
+    mode: str
+
+
+def check_i7(in_force: Iterable[InForce], *, before: Snapshot, after: Snapshot,
+             requests: Iterable[Mapping[str, Any]], versions_settled: bool) -> list[str]:
+    """No accepted write to a resource bound to a revoked key (no binding moved) during the step;
+    when ``versions_settled`` (a timer pass ran to completion: the hold had its turn), no enabled
+    version of a key under a ``disable`` revocation."""
+    problems: list[str] = []
+    writes = [r for r in requests if r.get("service") == "arm" and is_write(r, accepted_only=True)]
+    for rev in in_force:
+        bound = {b.resource_id.lower() for b in [*before.bindings_of(rev.key_id), *after.bindings_of(rev.key_id)]}
+        for r in writes:
+            path = str(r["path"]).lower()
+            if any(path.startswith(rid) for rid in bound):
+                problems.append(f"I7: {r['method']} {r['path']} moved a binding of {rev.key_id} while run "
+                                f"{rev.run_id} holds it revoked")
+        if versions_settled and rev.mode == "disable":
+            live = [v.version for v in after.versions.get(rev.key_id, []) if v.enabled]
+            if live:
+                problems.append(f"I7: {rev.key_id} has enabled version(s) {live} while run {rev.run_id} "
+                                "holds it revoked")
+    return problems

@@ -18,6 +18,7 @@ from typing import Any
 
 from azure.functions.queue import QueueMessage
 from azure.functions.timer import TimerRequest
+from azure.keyvault.keys import KeyRotationLifetimeAction, KeyRotationPolicy
 
 import functions._root as root
 from functions.key_events import on_key_vault_event
@@ -28,13 +29,14 @@ from sandbox.world import World
 from shared.app import Keysteward, build
 from shared.auth import ROLE_READ, ROLE_RESTORE, ROLE_REVOKE, Principal
 from shared.config import load_settings
-from shared.journal import Journal, MemoryJournal
+from shared.journal import Journal
 from shared.model import KeyRef
 from shared.notify import RecordingNotifier
 from shared.retention import RETIRE_TAG
 from shared.runbooks import PHASES, STEPS, RestoreRequest, RevokeRequest, runbooks_for
 from shared.workqueue import MemoryQueue
 from tests.app.estate import grid_event
+from tests.memory_journal import MemoryJournal
 from tests.soak import invariants as inv
 from tests.soak.harness import (
     HOLD_TAG,
@@ -83,6 +85,8 @@ class Soak:
     dequeues: dict[str, int] = field(default_factory=dict)
     retry_events: list[dict[str, Any]] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
+    two_person: bool = False  # the two-person rule is on in this seed (junk runs wait for approval)
+    timer_ok: bool = False  # the last timer pass ran to completion
 
     # ---- setup ------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -90,12 +94,14 @@ class Soak:
         self.world = World(seed=self.seed)
         self.world.service_settings.cosmos_recovery_s = 600.0  # recovers inside the verify deadline
         self.estate = build_estate(self.world, self.rng)
+        self.two_person = self.rng.random() < 0.5
         settings = load_settings({
             "KEYSTEWARD_SUBSCRIPTIONS": ",".join(self.estate.subs),
             "KEYSTEWARD_VAULTS": ",".join(self.estate.vaults.values()),
             "KEYSTEWARD_ARM_WRITE_BURST": "1000",
             "KEYSTEWARD_ARM_WRITES_PER_S": "100",
             "KEYSTEWARD_VERIFY_DEADLINE_MINUTES": "60",
+            "KEYSTEWARD_TWO_PERSON_RULE": "true" if self.two_person else "false",
         })
         self.queue = MemoryQueue()
         journal = self.journal_factory(self.world) if self.journal_factory else MemoryJournal(self.world.clock)
@@ -126,6 +132,9 @@ class Soak:
                 ("restore", self.restore, 0.8),
                 ("lose-queue", self.lose_queue, 0.3),
                 ("rotation-timer", self.rotation_timer, 0.2),
+                ("outside-rotate", self.outside_rotate, 1.0),
+                ("policy-fire", self.policy_fire, 0.4),
+                ("junk-burst", self.junk_burst, 0.4),
             ]
             names = [s[0] for s in steps]
             actions = {s[0]: s[1] for s in steps}
@@ -151,20 +160,38 @@ class Soak:
         self.external = set()  # what the soak itself disables in this step
         self.trail.append(name)
         self.counts[name] = self.counts.get(name, 0) + 1
+        held_before = self.in_force()
+        mark = len(self.app_log)
+        self.timer_ok = False
         action()
         after = snapshot(self.world, self.estate)
+        held_after = {r.run_id for r in self.in_force()}
+        self.problems += inv.check_i7([r for r in held_before if r.run_id in held_after], before=before, after=after,
+                                      requests=self.app_log[mark:], versions_settled=name == "timer" and self.timer_ok)
         disables = inv.disables_between(before, after, world_requests(self.world, seq))
         if disables:
             self.problems += inv.check_i1(disables, after, retention=RETENTION,
                                           revocation_runs=self.revocation_ids(), external=self.external)
-            # A tag copied from an older version is no proof of a revocation: flag those too.
+            # A tag copied from an older version is no proof of a revocation: flag those too, unless
+            # the hold of that revocation disabled the version (its run records the act).
             old = before.version_map()
             for d in disables:
                 by = d.tags.get(inv.REVOKED_BY_TAG)
                 prior = old[(d.key, d.version)].tags.get(inv.REVOKED_BY_TAG)
-                if by is not None and by == prior and (d.key, d.version) not in self.external:
+                if by is not None and by == prior and (d.key, d.version) not in self.external \
+                        and d.version not in self.held_by(by):
                     self.problems.append(f"I1: {d.key}/{d.version} disabled while carrying an old "
                                          f"{inv.REVOKED_BY_TAG}={by} tag (no revocation disabled it now)")
+
+    def in_force(self) -> list[inv.InForce]:
+        """The revocations in force with no restore of theirs under way (I7 exempts a restore)."""
+        return [inv.InForce(r.run_id, KeyRef(*_split_key(r.key)).key_id, r.mode)
+                for r in self.app.journal.revocations() if not r.restoring]
+
+    def held_by(self, run_id: str) -> set[str]:
+        """The versions the hold of revocation ``run_id`` disabled (its ``hold`` steps)."""
+        return {str(v) for s in self.app.journal.steps(run_id) if s.name == "hold"
+                for v in s.result.get("disabled", [])}
 
     def revocation_ids(self) -> list[str]:
         return [r.run_id for r in self.app.journal.list_runs(limit=1000) if r.kind == "revoke"]
@@ -264,6 +291,7 @@ class Soak:
     def timer(self) -> None:
         try:
             reconcile_schedule(TimerRequest(past_due=self.rng.random() < 0.2))
+            self.timer_ok = True
         except Exception:
             self.counts["timer-failed"] = self.counts.get("timer-failed", 0) + 1
 
@@ -297,6 +325,41 @@ class Soak:
         """In-memory Azurite restarted: queued work items are gone (the timer must heal)."""
         while self.queue.pop() is not None:
             pass
+
+    def revoked_key(self) -> KeyRef:
+        """A key under a revocation in force when there is one (mostly), else any of the estate."""
+        held = list(self.app.journal.revocations())
+        if held and self.rng.random() < 0.8:
+            return KeyRef(*_split_key(self.rng.choice(held).key))
+        return self.pick_key(foreign=0.0)
+
+    def outside_rotate(self) -> None:
+        """Someone rotates a key outside keysteward (portal, script): during a revocation, the
+        hold must disable the new version and no binding may follow it."""
+        key = self.revoked_key()
+        self.operator(lambda: self.estate.key_client(key.vault_url).rotate_key(key.name))
+        self.world.tick(self.world.clock.now())
+
+    def policy_fire(self) -> None:
+        """Someone gives a key a rotation policy, and Key Vault fires it a week later."""
+        key = self.revoked_key()
+        policy = KeyRotationPolicy(lifetime_actions=[KeyRotationLifetimeAction("Rotate", time_after_create="P7D")])
+        self.operator(lambda: self.estate.key_client(key.vault_url).update_key_rotation_policy(key.name, policy))
+        self.world.clock.advance(timedelta(days=7, hours=1))
+        self.world.tick(self.world.clock.now())
+
+    def junk_burst(self) -> None:
+        """A burst of revocations that wait for a second person forever (two-person rule on), or
+        that are refused (off): none of them may hide a revocation in force."""
+        key = self.pick_key(foreign=0.0)
+        books = runbooks_for(self.app)
+        for n in range(self.rng.randint(5, 25)):
+            try:
+                books.revoke(RevokeRequest(key=key, mode="disable", reason=f"junk {n}", ticket="JUNK"), ONCALL)
+            except Exception:
+                self.counts["junk-error"] = self.counts.get("junk-error", 0) + 1
+            if not self.two_person:
+                return  # without the rule a revoke acts: one is enough
 
     def drift(self) -> None:
         """Someone disables a non-current version by hand (drift repair must undo it when the
@@ -341,9 +404,10 @@ class Soak:
             target = key
         books = runbooks_for(self.app, hook=self._hook())
         budget = self.rng.choice([timedelta(0), timedelta(0), timedelta(hours=2)])
+        emergency = self.two_person and self.rng.random() < 0.7
         try:
-            books.revoke(RevokeRequest(key=target, mode="disable", reason="soak", ticket=f"SOAK-{self.seed}"),
-                         ONCALL, budget=budget)
+            books.revoke(RevokeRequest(key=target, mode="disable", reason="soak", ticket=f"SOAK-{self.seed}",
+                                       emergency=emergency), ONCALL, budget=budget)
         except Killed:
             self.counts["killed"] = self.counts.get("killed", 0) + 1
         except Exception:
@@ -392,6 +456,7 @@ class Soak:
         vaults = list(self.estate.vaults.values())
         self.problems += inv.check_i2(end, vaults=vaults, hold_tag=HOLD_TAG)
         self.problems += inv.check_i3(self.app.journal.list_runs(limit=1000))
+        self.problems += inv.check_i7(self.in_force(), before=end, after=end, requests=[], versions_settled=True)
         # I4: every event again (each once, in a shuffled order), the timer and the queue again.
         mark = len(self.app_log)
         seq = self.world.last_seq
@@ -411,6 +476,12 @@ class Soak:
         self.problems += inv.check_i5(world_requests(self.world, 0))
         self.problems += inv.check_i5(self.app_log)
         self.problems += inv.check_i6(self.app_log, vaults=vaults)
+
+
+def _split_key(uri: str) -> tuple[str, str]:
+    """(vault URL, key name) of a versionless key URI."""
+    vault, _, name = uri.rstrip("/").partition("/keys/")
+    return vault, name.split("/", 1)[0]
 
 
 def inv_credential() -> Any:

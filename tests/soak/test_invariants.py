@@ -54,3 +54,19 @@ def test_i2_to_i6_flag_their_violations():
     assert inv.check_i5([{**write, "method": "DELETE"}])
     assert inv.check_i6([{**write, "host": "evil.example"}], vaults=[KEY.vault_url])
     assert inv.check_i6([write], vaults=[KEY.vault_url]) == []
+
+
+def test_i7_flags_an_enabled_version_and_a_binding_write_under_a_revocation():
+    held = [inv.InForce("r1", KEY.key_id, "disable")]
+    dark = _snap(T0, [_v("v1", T0, enabled=False), _v("v2", T0, enabled=False)], [_b("v1")])
+    lit = _snap(T0, [_v("v1", T0, enabled=False), _v("v2", T0)], [_b("v1")])
+    assert inv.check_i7(held, before=dark, after=dark, requests=[], versions_settled=True) == []
+    assert inv.check_i7(held, before=dark, after=lit, requests=[], versions_settled=True)
+    assert inv.check_i7(held, before=dark, after=lit, requests=[], versions_settled=False) == []  # the hold's turn comes
+    write = {"method": "PATCH", "host": "management.azure.com", "path": "/subscriptions/s/rg/adx", "status": 200,
+             "service": "arm"}
+    assert inv.check_i7(held, before=dark, after=dark, requests=[write], versions_settled=False)
+    assert inv.check_i7([], before=dark, after=lit, requests=[write], versions_settled=True) == []
+    waiting = Run(run_id="j1", kind="revoke", key=KEY.uri, status="pending-approval", caller_oid="o", caller_name="n",
+                  reason="r", ticket="t", params={}, result={}, created=T0, updated=T0, etag="e")
+    assert inv.check_i3([waiting]) == []  # a junk run waits for a person, not for the engine

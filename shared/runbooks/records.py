@@ -1,0 +1,75 @@
+"""The revocation record: "is this key revoked, by which run, in which mode", answered by one
+lookup per key from the journal's Table storage (see :meth:`shared.journal.Journal.revocations`).
+
+A whole-key revocation (a versionless key URI, or ``remove-access``) writes its record before
+it acts (before it even waits for the key's lease); only a successful restore of that run
+removes it. Every path that could make the key usable again or move a binding asks
+:meth:`Records.in_force` and stands down while it answers.
+
+Without a journal (a CLI run with no storage configured: runbooks refuse to run there) the
+records cannot be read; the vault-side mark is consulted instead: any version of the key
+tagged :data:`~shared.runbooks.model.REVOKED_BY_TAG` holds the key. That mark is a second,
+weaker signal (a ``remove-access`` revocation leaves none), which is why the runbooks
+themselves require storage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from shared.journal import Journal, Revocation
+from shared.keyvault import KeyStore
+from shared.model import KeyRef
+from shared.runbooks.model import REVOKED_BY_TAG, Mode
+
+log = structlog.get_logger("keysteward.runbooks")
+
+
+@dataclass(frozen=True)
+class InForce:
+    """A revocation in force on a key: its run, its mode, and where the answer came from
+    (``journal``, or ``vault-tag`` when no journal is configured)."""
+
+    run_id: str
+    mode: str
+    source: str = "journal"
+
+    def refusal(self, what: str) -> str:
+        """The message of a path that stands down because of this revocation."""
+        return f"{what} refused: the key is revoked by run {self.run_id} ({self.mode}); restore that run first"
+
+
+class Records:
+    """Reads and writes the revocation records; ``journal`` returns ``None`` when no durable
+    journal is configured."""
+
+    def __init__(self, *, journal: Callable[[], Journal | None], keys: KeyStore) -> None:
+        self._journal = journal
+        self._keys = keys
+
+    def in_force(self, key: KeyRef) -> InForce | None:
+        """The oldest revocation in force on ``key`` (any version of it), or ``None``."""
+        journal = self._journal()
+        if journal is None:
+            return self._from_tags(key)
+        found = journal.revocations(key.versionless().uri)
+        return InForce(found[0].run_id, found[0].mode) if found else None
+
+    def _from_tags(self, key: KeyRef) -> InForce | None:
+        for version in self._keys.versions(key.versionless()):
+            mark = version.tags.get(REVOKED_BY_TAG)
+            if mark:
+                log.info("revocation-from-vault-tag", key=key.versionless().uri, run=mark)
+                return InForce(mark, Mode.DISABLE, source="vault-tag")
+        return None
+
+    def all(self) -> list[Revocation]:
+        """Every revocation in force (empty without a journal: the hold needs the records)."""
+        journal = self._journal()
+        return [] if journal is None else journal.revocations()
+
+
+__all__ = ["InForce", "Records"]
