@@ -127,6 +127,7 @@ class Keysteward:
                 settings=self.settings, clock=self.clock, keys=self.keys, targets=self.targets,
                 inventory=self.inventory, notifier=self.notifier, journal=self.journal,
                 vault_access=VaultAccess(self.clients, subscriptions=self.settings.subscriptions),
+                usage=self.usage,
             )
         return self._runbooks
 

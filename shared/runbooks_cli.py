@@ -79,6 +79,11 @@ def cmd_revoke(app: Keysteward, args: argparse.Namespace, out: Out) -> int:
             lines += [f"  {b['affected']:<10} {b['service']:<7} {b['version'] or 'versionless'}  {b['resourceId']}"
                       for b in plan["bindings"]]
             lines += [f"  collateral {b['service']:<7} {b['key']}  {b['resourceId']}" for b in plan["collateral"]]
+            lines += [f"  UNKNOWN    {u['objectId']}  {u['succeeded']} ok, {u['failed']} failed, last {u['lastCall']}"
+                      " (in the audit log, in no inventory)" for u in plan.get("unknownIdentities") or []]
+            evidence = plan.get("usageEvidence") or {}
+            if evidence and evidence.get("state") != "available":
+                lines.append(f"  usage evidence: {evidence.get('state')}: {evidence.get('reason')}")
             lines.append(f"  changes: {plan['changes']}")
             return lines
 
