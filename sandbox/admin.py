@@ -14,6 +14,11 @@ Served on the admin host in-process (``https://sandbox.local``) and on the loopb
 - ``GET /sandbox/requests?since=N``
 - ``GET /sandbox/state`` (summary counts), ``POST /sandbox/reset``
 - ``POST /sandbox/seed`` (a seed document, see :mod:`sandbox.seeds`)
+- ``GET|POST|DELETE /sandbox/consumers``: identities nobody inventories that unwrap with one key
+  version on a schedule in sandbox time; ``POST {"principal_id": GUID, "key": versioned key URI,
+  "every_s": seconds}`` adds one, ``DELETE`` removes them all (see :mod:`sandbox.audit`)
+- ``GET|POST /sandbox/audit`` (``ingestion_delay_s``, ``partial``; ``GET`` also gives
+  ``workspace_id`` and ``records``), ``GET /sandbox/audit/records`` (every ingested record)
 
 A bad body answers 400 ``{"error": {"code": "BadParameter", "message", "target": <field>}}``
 and changes nothing: every field is checked before anything is applied.
@@ -24,12 +29,13 @@ and changes nothing: every field is checked before anything is applied.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
+from sandbox import audit, seeds, services
 from sandbox import clock as clockmod
-from sandbox import seeds, services
 from sandbox.eventgrid import SCHEMAS
 from sandbox.faults import FaultRule, ThrottleSettings
 from sandbox.wire import JsonObj, Request, Response, Router, SandboxError, empty_response, json_response
@@ -404,3 +410,90 @@ def post_seed(world: World, req: Request, match: re.Match[str]) -> Response:
         raise FieldError(err.field, err.message) from None
     result = seeds.apply_plan(world, plan)
     return json_response(200, result.as_dict())
+
+
+# ---- audit records and unknown consumers ----------------------------------------------------------
+_GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
+def _consumers(world: World) -> list[JsonObj]:
+    return [c.as_dict(world) for c in audit.log_for(world).consumers]
+
+
+@route("GET", r"/sandbox/consumers")
+def get_consumers(world: World, req: Request, match: re.Match[str]) -> Response:
+    return json_response(200, {"value": _consumers(world)})
+
+
+@route("POST", r"/sandbox/consumers")
+def post_consumer(world: World, req: Request, match: re.Match[str]) -> Response:
+    """Adds an identity that unwraps with one key version every ``every_s`` sandbox seconds."""
+    body = _body(req, {"principal_id", "key", "every_s"})
+    principal = body.get("principal_id")
+    if not isinstance(principal, str) or not _GUID.fullmatch(principal):
+        raise FieldError("principal_id", "must be an object id (GUID)")
+    if "every_s" not in body:
+        raise FieldError("every_s", "is required")
+    every = _number(body, "every_s", low=1.0)
+    if every is None or not math.isfinite(every):
+        raise FieldError("every_s", "must be a finite number of seconds")
+    raw_key = body.get("key")
+    parsed = services.parse_key_uri(world, raw_key) if isinstance(raw_key, str) else None
+    if parsed is None or parsed[2] is None:
+        raise FieldError("key", "must be a versioned key URI (https://{vault}/keys/{name}/{version})")
+    vault_name, key_name, version = parsed
+    vault = world.vaults.get((vault_name or "").lower())
+    if vault is None:
+        raise FieldError("key", f"no sandbox vault answers for {body['key']}")
+    key = vault.keys.get(key_name.lower())
+    if key is None or version not in key.versions:
+        raise FieldError("key", f"{body['key']} is not a version of a key in {vault.name}")
+    consumer = audit.add_consumer(world, principal_id=principal, vault=vault.name, key=key.name, version=str(version),
+                                  every_s=every)
+    world.tick(world.clock.now())  # its first call is now
+    return json_response(201, consumer.as_dict(world))
+
+
+@route("DELETE", r"/sandbox/consumers")
+def delete_consumers(world: World, req: Request, match: re.Match[str]) -> Response:
+    log = audit.log_for(world)
+    removed = len(log.consumers)
+    log.consumers.clear()
+    return json_response(200, {"removed": removed})
+
+
+def _audit_state(world: World) -> JsonObj:
+    log = audit.log_for(world)
+    return {"ingestion_delay_s": log.settings.ingestion_delay_s, "partial": log.settings.partial,
+            "workspace_id": log.workspace_id, "records": len(log.records)}
+
+
+@route("GET", r"/sandbox/audit")
+def get_audit(world: World, req: Request, match: re.Match[str]) -> Response:
+    return json_response(200, _audit_state(world))
+
+
+@route("POST", r"/sandbox/audit")
+def post_audit(world: World, req: Request, match: re.Match[str]) -> Response:
+    body = _body(req, {"ingestion_delay_s", "partial"})
+    delay = _number(body, "ingestion_delay_s", low=0.0, high=86_400.0)
+    if delay is not None and not math.isfinite(delay):
+        raise FieldError("ingestion_delay_s", "must be a finite number")
+    partial = _bool(body, "partial")
+    log = audit.log_for(world)
+    if delay is not None:
+        log.settings.ingestion_delay_s = delay
+    if partial is not None:
+        log.settings.partial = partial
+    return json_response(200, _audit_state(world))
+
+
+@route("GET", r"/sandbox/audit/records")
+def get_audit_records(world: World, req: Request, match: re.Match[str]) -> Response:
+    """Every record already ingested, oldest first, as ``AZKVAuditLogs`` rows (times in ISO 8601)."""
+    rows = []
+    for rec in audit.log_for(world).visible(world.clock.timestamp()):
+        row = audit.azkv_row(rec)
+        row["TimeGenerated"] = clockmod.isoformat(datetime.fromtimestamp(rec.at, tz=world.clock.now().tzinfo))
+        rows.append(row)
+    return json_response(200, {"value": rows})

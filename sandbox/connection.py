@@ -3,7 +3,8 @@
 The file is written by ``python -m sandbox serve --connection-file PATH``; its keys are a
 contract: ``arm_url``, ``admin_url``, ``ca_bundle``, ``tenant_id``, ``subscriptions``,
 ``vaults`` (name -> URL), ``credential_scopes``; also ``vault_credential_scopes``,
-``clock_mode`` and ``pid``.
+``clock_mode``, ``pid``, ``logs_url`` (the endpoint to give ``LogsQueryClient``) and
+``audit_workspace_id`` (the Log Analytics workspace that receives every vault's audit records).
 
 Key Vault clients need ``verify_challenge_resource=False`` (the challenge names
 vault.azure.net while the URL is 127.0.0.1) and ``connection_verify=ca_bundle``; management
@@ -32,6 +33,8 @@ class Connection:
     credential_scopes: list[str]
     pid: int | None = None
     clock_mode: str | None = None
+    logs_url: str | None = None
+    audit_workspace_id: str | None = None
 
     def vault_url(self, name: str) -> str:
         """The URL of vault ``name``; raises KeyError for a vault the file does not list."""
@@ -39,6 +42,12 @@ class Connection:
 
     def key_client_kwargs(self) -> dict[str, Any]:
         return {"verify_challenge_resource": False, "connection_verify": self.ca_bundle}
+
+    def logs_client_kwargs(self) -> dict[str, Any]:
+        """Arguments for ``LogsQueryClient`` (raises KeyError when the sandbox predates ``logs_url``)."""
+        if not self.logs_url:
+            raise KeyError("logs_url")
+        return {"endpoint": self.logs_url, "connection_verify": self.ca_bundle}
 
     def mgmt_client_kwargs(self) -> dict[str, Any]:
         return {
@@ -65,6 +74,8 @@ def parse(data: Any) -> Connection:
         credential_scopes=[str(s) for s in data["credential_scopes"]],
         pid=int(data["pid"]) if data.get("pid") is not None else None,
         clock_mode=str(data["clock_mode"]) if data.get("clock_mode") else None,
+        logs_url=str(data["logs_url"]) if data.get("logs_url") else None,
+        audit_workspace_id=str(data["audit_workspace_id"]) if data.get("audit_workspace_id") else None,
     )
 
 

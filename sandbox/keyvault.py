@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from sandbox import audit
 from sandbox.clock import isoformat
 from sandbox.state import Key, KeyVersion, Vault
 from sandbox.wire import JsonObj, Request, Response, Router, SandboxError, error_response, json_response
@@ -1235,7 +1236,12 @@ def handle(world: World, req: Request) -> Response:
             f"Retry after {retry_after} seconds.",
             {"Retry-After": str(retry_after)},
         )
-    return ROUTER.dispatch(world, req, not_found=_no_route)
+    try:
+        resp = ROUTER.dispatch(world, req, not_found=_no_route)
+    except SandboxError as err:
+        resp = err.response()  # what World._dispatch would answer; refused calls are logged too
+    audit.record_request(world, req, resp)  # the vault's AuditEvent log (sandbox/audit.py)
+    return resp
 
 
 def _no_route(req: Request) -> Response:

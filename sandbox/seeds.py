@@ -25,18 +25,23 @@ Document shape (see ``sandbox/seeds/demo.json``)::
                            "versions": [{"label", "age", "exp", "nbf", "enabled", "tags"}]}]}],
      "kusto_clusters" | "cosmos_accounts" | "postgresql_clusters" | "energy_instances":
          [{"name", "subscription", "resource_group", "location", "identity", "key": "vault/key",
-           "version": <label> | null, "tags"}]}
+           "version": <label> | null, "tags"}],
+     "consumers": [{"principal_id", "key": "vault/key", "version": <label>, "every_s"}]}
 
 ``identity`` is an identity's name from ``identities`` or ``"system"``; ``version`` null means
 versionless (Kusto: empty ``keyVersion``; Cosmos: a versionless ``keyVaultKeyUri``, the only
 form Azure takes, so Cosmos accounts must have ``version`` null). A Cosmos account may carry
 ``backup_policy``: its ``properties.backupPolicy`` as ARM takes it (default: periodic, 8 h).
-PostgreSQL and Energy need a user-assigned identity and a pinned version.
+PostgreSQL and Energy need a user-assigned identity and a pinned version. ``consumers`` are
+identities nobody inventories that unwrap with one version on a schedule (sandbox time); they
+are added through the admin API (``POST /sandbox/consumers``, see :mod:`sandbox.audit`).
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -81,7 +86,7 @@ _RESOURCE_SECTIONS = {
     "postgresql_clusters": POSTGRES_TYPE,
     "energy_instances": ENERGY_TYPE,
 }
-_TOP_FIELDS = {"description", "subscriptions", "identities", "vaults", *_RESOURCE_SECTIONS}
+_TOP_FIELDS = {"description", "subscriptions", "identities", "vaults", "consumers", *_RESOURCE_SECTIONS}
 
 
 class SeedError(ValueError):
@@ -182,6 +187,18 @@ class Plan:
     identities: list[IdentitySpec]
     vaults: list[VaultSpec]
     resources: list[ResourceSpec]
+    consumers: list[ConsumerSpec] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ConsumerSpec:
+    """An unknown consumer: ``principal_id`` unwraps with ``vault/key`` version ``label`` every ``every_s``."""
+
+    principal_id: str
+    vault: str
+    key: str
+    label: str
+    every_s: float
 
 
 @dataclass
@@ -316,7 +333,34 @@ def compile_seed(doc: Any) -> Plan:
                 raise SeedError(f"{p}.name", f"duplicate name {spec.name!r}")
             names.add((rtype, spec.name.lower()))
             resources.append(spec)
-    return Plan(sub_ids, list(identities.values()), list(vaults.values()), resources)
+    consumers = [_compile_consumer(raw, f"consumers[{i}]", vaults, labels)
+                 for i, raw in enumerate(_list(doc, "consumers", ""))]
+    return Plan(sub_ids, list(identities.values()), list(vaults.values()), resources, consumers)
+
+
+_GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
+def _compile_consumer(
+    raw: Any, p: str, vaults: dict[str, VaultSpec], labels: set[tuple[str, str, str]]
+) -> ConsumerSpec:
+    raw = _obj(raw, p, {"principal_id", "key", "version", "every_s"})
+    principal = _str(raw, "principal_id", p)
+    if not _GUID.fullmatch(principal):
+        raise SeedError(f"{p}.principal_id", "must be an object id (GUID)")
+    key_ref = _str(raw, "key", p)
+    if key_ref.count("/") != 1:
+        raise SeedError(f"{p}.key", "must be 'vault/key'")
+    vault_name, key_name = key_ref.split("/")
+    if vault_name.lower() not in vaults:
+        raise SeedError(f"{p}.key", f"unknown key {key_ref!r}")
+    label = _str(raw, "version", p)
+    if (vault_name.lower(), key_name.lower(), label) not in labels:
+        raise SeedError(f"{p}.version", f"unknown version label {label!r} of {key_ref}")
+    every = raw.get("every_s")
+    if isinstance(every, bool) or not isinstance(every, int | float) or not math.isfinite(every) or every < 1:
+        raise SeedError(f"{p}.every_s", "must be a finite number of seconds, at least 1")
+    return ConsumerSpec(principal.lower(), vaults[vault_name.lower()].name, key_name, label, float(every))
 
 
 def _compile_vault(raw: Any, p: str, subscriptions: dict[str, str], identities: dict[str, IdentitySpec]) -> VaultSpec:
@@ -541,6 +585,12 @@ class _Sender:
             what,
         )
 
+    def admin(self, method: str, path: str, body: JsonObj, what: str) -> JsonObj:
+        data = json.dumps(body).encode()
+        req = Request.build(method=method, host="sandbox.local", path=path, query_string="",
+                            headers=self._headers(body), body=data, service=Service.ADMIN, vault=None)
+        return self._send(req, what)
+
     @staticmethod
     def _headers(body: JsonObj) -> dict[str, str]:
         return {
@@ -627,6 +677,11 @@ def _apply(world: World, plan: Plan, send: _Sender, result: SeedResult) -> None:
         rid, body, api = _resource_body(world, res, identity_ids, result)
         send.arm("PUT", rid, api, body, f"{res.type} {res.name}")
         result.resources[res.name] = rid
+    for consumer in plan.consumers:
+        version = result.versions[f"{consumer.vault}/{consumer.key}/{consumer.label}"]
+        body = {"principal_id": consumer.principal_id, "every_s": consumer.every_s,
+                "key": f"{vault_url(world, consumer.vault)}/keys/{consumer.key}/{version}"}
+        send.admin("POST", "/sandbox/consumers", body, f"consumer {consumer.principal_id}")
 
 
 def _put_vault(world: World, vault: VaultSpec, principals: dict[str, str], send: _Sender) -> None:

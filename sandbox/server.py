@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 import trustme
 
-from sandbox import cloud
+from sandbox import audit, cloud
 from sandbox.clock import REAL
 from sandbox.wire import Request, Response, Service
 from sandbox.world import World
@@ -175,6 +175,7 @@ class SandboxServer:
         self._context: ssl.SSLContext | None = None
         self.arm_url = ""
         self.admin_url = ""
+        self.logs_url = ""
         self.ca_bundle = ""
         self._previous_vault_url_for = world.vault_url_for
 
@@ -191,6 +192,9 @@ class SandboxServer:
         self.ca_bundle = str(ca_path)
         self.arm_url = self._listen(self._arm_port, Service.ARM, None)
         self.admin_url = self._listen(self._admin_port, Service.ADMIN, None)
+        # Log Analytics' query API; LogsQueryClient takes this as its endpoint (it appends /v1 itself
+        # and also accepts an endpoint that ends in /v1).
+        self.logs_url = self._listen(0, Service.LOGS, None) + "/v1"
         self.world.eventgrid.admin_base_url = self.admin_url
         self.world.eventgrid.ca_bundle = self.ca_bundle
         self.world.vault_url_for = self.vault_url
@@ -270,6 +274,8 @@ class SandboxServer:
             "vault_credential_scopes": [VAULT_SCOPE],
             "clock_mode": self.world.clock.mode,
             "pid": os.getpid(),
+            "logs_url": self.logs_url,
+            "audit_workspace_id": audit.log_for(self.world).workspace_id,
         }
 
     def write_connection_file(self) -> None:

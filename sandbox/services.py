@@ -47,6 +47,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from sandbox import audit
 from sandbox.clock import isoformat
 from sandbox.state import AccessResult, ArmResource, Operation, key_access, principal_id_for
 
@@ -467,6 +468,8 @@ def sweep(world: World, now: datetime) -> None:
 def use_key(world: World, res: ArmResource, binding: Binding, now: int) -> AccessResult:
     """``res`` uses its key once at ``now``; updates its status fields and simulation state."""
     result = _use(world, res, binding, now)
+    # The unwrap the service just made is in its vault's audit log, with the version it used.
+    audit.record_use(world, vault=binding.vault, key=binding.key, principal=binding.principal, result=result, at=now)
     res.sim["lastUse"] = {
         "at": isoformat(datetime.fromtimestamp(now, tz=world.clock.now().tzinfo)),
         "ok": result.ok,

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sandbox import admin, arm, eventgrid, keyvault, services, topics
+from sandbox import admin, arm, audit, eventgrid, keyvault, logs, services, topics
 from sandbox.clock import SandboxClock
 from sandbox.faults import FaultSet, Throttle
 from sandbox.state import ArmResource, Operation, Vault
@@ -108,6 +108,8 @@ class World:
             return Service.ADMIN, None
         if bare.endswith(VAULT_SUFFIX):
             return Service.VAULT, bare[: -len(VAULT_SUFFIX)]
+        if bare == logs.LOGS_HOST:
+            return Service.LOGS, None
         if bare.endswith(topics.TOPIC_SUFFIX):
             return Service.TOPIC, bare.split(".", 1)[0]
         raise SandboxError(404, "HostNotFound", f"No sandbox service answers for host {host}.")
@@ -147,6 +149,8 @@ class World:
                     return arm.handle(self, req)
                 if req.service == Service.TOPIC:
                     return topics.handle(self, req, req.vault or "")
+                if req.service == Service.LOGS:
+                    return logs.handle(self, req)
                 return error_response(404, "HostNotFound", f"Unknown service {req.service}.")
         except SandboxError as err:
             return err.response()
@@ -183,6 +187,7 @@ class World:
         with self.lock:
             services.tick(self, now)
             keyvault.tick(self, now)
+            audit.tick(self, now)
         self.eventgrid.pump(now)
 
     def now_ts(self) -> int:
@@ -204,6 +209,7 @@ class World:
             self.lro = LroSettings()
             self.service_settings = ServiceSettings()
             self.eventgrid.reset()
+            audit.reset(self)
 
 
 def _not_found(req: Request) -> Response:

@@ -24,6 +24,7 @@ from azure.keyvault.keys import KeyClient
 from azure.mgmt.cosmosdb import CosmosDBManagementClient
 from azure.mgmt.kusto import KustoManagementClient
 
+from scripts.demo_usage import run_usage_demo
 from scripts.stack import RUN, Stack, principal_header
 
 SUB_PROD = "00000000-0000-0000-0000-00000000a001"
@@ -170,6 +171,8 @@ def main(argv: list[str]) -> int:
         step("starting Azurite, the sandbox (demo estate) and the Functions host")
         stack.start()
         Demo(stack).run()
+        # Usage evidence: an identity nobody inventories blocks a retirement and shows in status.
+        run_usage_demo(stack, step=step, check=check)
         step("demo complete: every step held")
         return 0
     except (AssertionError, RuntimeError, requests.RequestException) as err:

@@ -40,6 +40,8 @@ from shared.pacing import Pacer
 from shared.reconcile import PassResult, Reconciler, WriteBudget
 from shared.rotation import RotationResult, Rotator
 from shared.targets import Target, build_targets
+from shared.usage import NoUsageEvidence, UsageSource
+from shared.usage import from_settings as usage_from_settings
 from shared.vaultaccess import VaultAccess
 from shared.workqueue import MAX_CONFIRM_ATTEMPTS, MemoryQueue, StorageWorkQueue, WorkItem, WorkQueue, confirm_delay
 
@@ -75,8 +77,11 @@ class Keysteward:
         budget: WriteBudget | None = None,
         journal: Journal | Callable[[], Journal] | None = None,
         idempotency: IdempotencyStore | None = None,
+        usage: UsageSource | None = None,
     ) -> None:
         self.settings = settings
+        # Usage evidence from Key Vault audit logs (shared/usage.py); none unless configured.
+        self.usage: UsageSource = usage if usage is not None else NoUsageEvidence()
         self.clock = clock
         self.keys = keys
         self.targets = targets
@@ -93,7 +98,7 @@ class Keysteward:
         self._runbooks: Runbooks | None = None
         self.reconciler = Reconciler(
             settings=settings, keys=keys, targets=targets, inventory=inventory,
-            notifier=notifier, clock=clock, budget=budget,
+            notifier=notifier, clock=clock, budget=budget, usage=self.usage,
         )
         self.rotator = Rotator(settings=settings, keys=keys, notifier=notifier, clock=clock,
                                revoked_by=self.revocation_in_force)
@@ -134,6 +139,7 @@ class Keysteward:
                 settings=self.settings, clock=self.clock, keys=self.keys, targets=self.targets,
                 inventory=self.inventory, notifier=self.notifier, journal=self.journal,
                 vault_access=VaultAccess(self.clients, subscriptions=self.settings.subscriptions),
+                usage=self.usage,
             )
         return self._runbooks
 
@@ -412,8 +418,11 @@ def build(
             settings.storage_table_uri, clients.credential, clock, table_prefix=settings.table_prefix,
             ttl=settings.event_dedup)
 
+    usage = usage_from_settings(settings, credential=clients.credential, clock=clock,
+                                transport_factory=transport_factory)
     return Keysteward(
         settings=settings,
+        usage=usage,
         clock=clock,
         keys=SdkKeyStore(clients),
         targets=dict(targets),

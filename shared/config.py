@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Final
+from typing import Final, TypedDict
 
 from shared.errors import ConfigError
 from shared.keyuri import normalize_vault_url
@@ -34,6 +34,8 @@ class SandboxConnection:
     subscriptions: tuple[str, ...]
     vaults: dict[str, str]
     credential_scopes: tuple[str, ...]
+    logs_url: str | None = None
+    audit_workspace_id: str | None = None
 
     @staticmethod
     def load(path: str) -> SandboxConnection:
@@ -47,6 +49,8 @@ class SandboxConnection:
                 subscriptions=tuple(str(s) for s in raw["subscriptions"]),
                 vaults={str(k): str(v) for k, v in dict(raw["vaults"]).items()},
                 credential_scopes=tuple(str(s) for s in raw["credential_scopes"]),
+                logs_url=str(raw["logs_url"]).rstrip("/") if raw.get("logs_url") else None,
+                audit_workspace_id=str(raw["audit_workspace_id"]) if raw.get("audit_workspace_id") else None,
             )
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise ConfigError(f"KEYSTEWARD_SANDBOX: cannot read connection file {path}: {err}") from err
@@ -115,6 +119,16 @@ class Settings:
     """KEYSTEWARD_VERIFY_DEADLINE_MINUTES (15): how long a runbook waits for services to confirm."""
     table_prefix: str = "keysteward"
     """KEYSTEWARD_TABLE_PREFIX (keysteward): prefix of the journal's tables."""
+    audit_workspace: str | None = None
+    """KEYSTEWARD_AUDIT_WORKSPACE: Log Analytics workspace id with the vaults' audit logs; unset: no usage evidence."""
+    audit_table: str = "AZKVAuditLogs"
+    """KEYSTEWARD_AUDIT_TABLE (AZKVAuditLogs): ``AZKVAuditLogs`` (resource-specific) or ``AzureDiagnostics``."""
+    audit_lookback: timedelta = timedelta(days=7)
+    """KEYSTEWARD_AUDIT_LOOKBACK_DAYS (7): a version called successfully within this window is in use."""
+    audit_top: int = 50
+    """KEYSTEWARD_AUDIT_TOP (50): most (version, identity) rows one usage query returns."""
+    logs_endpoint: str = "https://api.loganalytics.io"
+    """KEYSTEWARD_LOGS_ENDPOINT (https://api.loganalytics.io): Log Analytics query endpoint (sovereign clouds)."""
 
     @property
     def sandbox_connection(self) -> SandboxConnection | None:
@@ -326,4 +340,55 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         verify_deadline=timedelta(minutes=_number(env, "KEYSTEWARD_VERIFY_DEADLINE_MINUTES", 15, minimum=0,
                                                   maximum=24 * 60)),
         table_prefix=(env.get("KEYSTEWARD_TABLE_PREFIX") or "keysteward").strip(),
+        **_audit_settings(env),
+    )
+
+
+# ---- usage evidence (Key Vault audit logs in Log Analytics) ------------------------------------------
+AUDIT_TABLES = ("AZKVAuditLogs", "AzureDiagnostics")
+# Log Analytics caps a query's result at 500,000 rows; keysteward's answers are summaries, and a
+# status or a blocker naming more than a thousand identities helps nobody.
+MAX_AUDIT_TOP = 1000
+_GUID_CHARS = frozenset("0123456789abcdef-")
+
+
+def _finite(env: Mapping[str, str], name: str, default: float, *, low: float, high: float) -> float:
+    """A number in [low, high]; NaN, infinities and text are refused."""
+    raw = env.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = float(raw)
+    except ValueError as err:
+        raise ConfigError(f"{name}: {raw!r} is not a number") from err
+    if not math.isfinite(value) or not low <= value <= high:
+        raise ConfigError(f"{name}: {raw.strip()!r} must be a finite number between {low:g} and {high:g}")
+    return value
+
+
+class _AuditSettings(TypedDict):
+    audit_workspace: str | None
+    audit_table: str
+    audit_lookback: timedelta
+    audit_top: int
+    logs_endpoint: str
+
+
+def _audit_settings(env: Mapping[str, str]) -> _AuditSettings:
+    """The usage-evidence settings, checked (a bad value fails at start, never on a retire path)."""
+    workspace = (env.get("KEYSTEWARD_AUDIT_WORKSPACE") or "").strip().lower() or None
+    if workspace is not None and not (len(workspace) == 36 and set(workspace) <= _GUID_CHARS
+                                      and [len(p) for p in workspace.split("-")] == [8, 4, 4, 4, 12]):
+        raise ConfigError("KEYSTEWARD_AUDIT_WORKSPACE: the workspace id is a GUID (the workspace's 'Workspace ID')")
+    table = (env.get("KEYSTEWARD_AUDIT_TABLE") or "AZKVAuditLogs").strip()
+    match = [t for t in AUDIT_TABLES if t.lower() == table.lower()]
+    if not match:
+        raise ConfigError(f"KEYSTEWARD_AUDIT_TABLE: use {' or '.join(AUDIT_TABLES)}")
+    endpoint = _https_uri(env, "KEYSTEWARD_LOGS_ENDPOINT") or "https://api.loganalytics.io"
+    return _AuditSettings(
+        audit_workspace=workspace,
+        audit_table=match[0],
+        audit_lookback=timedelta(days=_finite(env, "KEYSTEWARD_AUDIT_LOOKBACK_DAYS", 7, low=0.01, high=730)),
+        audit_top=int(_finite(env, "KEYSTEWARD_AUDIT_TOP", 50, low=1, high=MAX_AUDIT_TOP)),
+        logs_endpoint=endpoint,
     )

@@ -28,6 +28,7 @@ from shared.errors import KeystewardError, PermanentError, TransientError
 from shared.inventory import Inventory, for_key
 from shared.model import Binding, KeyRef, KeyVersion, ServiceType
 from shared.notify import Notifier, Outcome
+from shared.usage import UsageSource, confirmation_proofs
 
 if TYPE_CHECKING:
     # Types only: the adapters (and their SDKs) load when the app is built, not when indexed.
@@ -72,6 +73,8 @@ class PassResult:
     started: list[UpdateStart] = field(default_factory=list)
     failed: list[tuple[Binding, str]] = field(default_factory=list)
     updated: list[Binding] = field(default_factory=list)  # confirmed on the current version this pass
+    # resource id -> the proof a confirmed binding got: "resource-state", "audit-evidence" or "both"
+    proofs: dict[str, str] = field(default_factory=dict)
 
     @property
     def pending(self) -> bool:
@@ -195,8 +198,10 @@ class Reconciler:
         notifier: Notifier,
         clock: Clock,
         budget: WriteBudget | None = None,
+        usage: UsageSource | None = None,
     ) -> None:
         self._settings = settings
+        self._usage = usage  # audit evidence for the confirm pass (shared/usage.py); None: resource state only
         self._keys = keys
         self._targets = targets
         self._inventory = inventory
@@ -236,6 +241,8 @@ class Reconciler:
         for action in result.actions:
             if action.kind is ActionKind.IN_SYNC and action.binding.resource_id.lower() in previously:
                 result.updated.append(action.binding)
+        if result.updated and self._usage is not None:
+            result.proofs = confirmation_proofs(self._usage, key.with_version(current.version), result.updated)
         if not dry_run:
             self._apply(result)
         self._report(result, event_id=event_id, dry_run=dry_run)
@@ -306,9 +313,12 @@ class Reconciler:
                 from_version=b.effective_version,
                 to_version=current,
                 reason=failed.get(b.resource_id, a.reason) or None,
+                proof=result.proofs.get(b.resource_id),
             )
             data = {"key": str(result.key), "resourceId": b.resource_id, "service": b.service.value,
                     "fromVersion": b.effective_version, "toVersion": current, "eventId": event_id}
+            if b.resource_id in result.proofs:
+                data["proof"] = result.proofs[b.resource_id]
             if dry_run:
                 continue
             if step == "updated":

@@ -257,10 +257,17 @@ def key_facts(app: Keysteward, key: KeyRef, bindings: Sequence[Binding] | None =
     return KeyFacts(key, app.keys.versions(key), found)
 
 
-def verdict_for(app: Keysteward, facts: KeyFacts, version: str) -> Verdict:
-    return verdict(version, versions=facts.versions, bindings=facts.bindings, now=app.clock.now(),
-                   retention=app.settings.retention, backup_window=app.settings.backup_window,
-                   follow_delay=app.settings.lag_alert)
+def verdict_for(app: Keysteward, facts: KeyFacts, version: str, *, evidence: bool = True) -> Verdict:
+    """The verdict on live facts; ``evidence`` adds what Key Vault's audit logs say (shared/usage.py)."""
+    result = verdict(version, versions=facts.versions, bindings=facts.bindings, now=app.clock.now(),
+                     retention=app.settings.retention, backup_window=app.settings.backup_window,
+                     follow_delay=app.settings.lag_alert)
+    if not evidence or any(b.kind == BlockerKind.CURRENT for b in result.blockers):
+        return result
+    from shared.usage import usage_blockers  # noqa: PLC0415 - usage imports this module
+
+    extra = usage_blockers(app, facts, version)
+    return Verdict(version, result.blockers + extra) if extra else result
 
 
 def key_status(app: Keysteward, key: KeyRef) -> dict[str, Any]:
@@ -281,9 +288,12 @@ def key_status(app: Keysteward, key: KeyRef) -> dict[str, Any]:
             "usedBy": [b.resource_id for b in users],
             "retention": verdict_for(app, facts, v.version).as_dict(),
         })
+    from shared.usage import status_fields  # noqa: PLC0415 - usage imports this module
+
     return {
         "key": facts.key.uri,
         "currentVersion": current.version if current else None,
+        "usageEvidence": status_fields(app, facts, versions),
         "versions": versions,
         "bindings": [
             {"resourceId": b.resource_id, "service": b.service.value, "pinnedVersion": b.pinned_version,
@@ -296,7 +306,13 @@ def key_status(app: Keysteward, key: KeyRef) -> dict[str, Any]:
 
 
 def status_lines(status: dict[str, Any]) -> list[str]:
+    from shared.usage import evidence_line  # noqa: PLC0415 - usage imports this module
+    from shared.usage import status_lines as usage_lines  # noqa: PLC0415
+
     lines = [f"{status['key']}  current={status['currentVersion']}"]
+    evidence = evidence_line(status)
+    if evidence:
+        lines.append(evidence)
     for v in status["versions"]:
         state = "enabled" if v["enabled"] else "disabled"
         mark = "*" if v["current"] else " "
@@ -304,6 +320,7 @@ def status_lines(status: dict[str, Any]) -> list[str]:
         lines.append(f" {mark} {v['version']}  {state:<8} users={len(v['usedBy'])}  {verdict_text}")
         for b in v["retention"]["blockers"]:
             lines.append(f"      - {b['message']}")
+        lines.extend(usage_lines(status, v))
     stuck = [b for b in status["bindings"] if b["stuck"]]
     for b in stuck:
         lines.append(f"  stuck on an old version (cannot be updated): {b['resourceId']}")
@@ -457,7 +474,9 @@ def _repair_drift(app: Keysteward, facts: KeyFacts, *, dry_run: bool, result: Sw
     for v in facts.versions:
         if v.enabled or any(k.lower() == REVOKED_BY_TAG for k in v.tags):
             continue
-        check = verdict_for(app, facts, v.version)
+        # Audit evidence stays out of drift repair: an outage of the workspace must not re-enable
+        # every disabled version, and calls seen before a hand-made disable are not a reason to undo it.
+        check = verdict_for(app, facts, v.version, evidence=False)
         # A version whose disable the rule would forbid must be enabled: anything else is drift.
         if check.allowed:
             continue

@@ -138,6 +138,16 @@ def blast_radius_lines(plan: dict[str, Any]) -> list[RenderableType]:
         lines.append(f"would remove {len(entries)} access polic(y/ies) from {changes.get('vault')}")
         for e in entries:
             lines.append(f"  - {record_text(e)}")
+    unknown = plan.get("unknownIdentities") or []
+    if unknown:
+        callers = table("unknown identity (audit log, no inventory)", "succeeded", "failed", "last call")
+        for u in unknown:
+            callers.add_row(str(u["objectId"]), str(u["succeeded"]), str(u["failed"]), str(u["lastCall"]))
+        lines.append(callers)
+    evidence = plan.get("usageEvidence") or {}
+    if evidence and evidence.get("state") != "available":
+        lines.append(f"usage evidence: {evidence.get('state')}: {evidence.get('reason')}")
+    lines.extend(str(note) for note in plan.get("restorePoints") or [])
     if plan.get("needsApproval"):
         lines.append("needs a second approver (two-person rule) unless --emergency")
     lines.append("nothing was changed (dry run)")

@@ -97,7 +97,7 @@ def runbooks_for(app: Keysteward, *, hook: StepHook | None = None,
         settings=app.settings, clock=app.clock, keys=app.keys, targets=app.targets,
         inventory=app.inventory, notifier=app.notifier, journal=app.journal,
         vault_access=VaultAccess(app.clients, subscriptions=app.settings.subscriptions),
-        hook=hook, verify_interval=verify_interval,
+        hook=hook, verify_interval=verify_interval, usage=app.usage,
     )
 
 

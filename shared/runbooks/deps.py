@@ -20,6 +20,7 @@ from shared.model import KeyRef, ServiceType
 from shared.notify import Notifier
 from shared.runbooks.model import ITEM_ATTEMPTS, ITEM_BACKOFF_S
 from shared.targets.base import Target
+from shared.usage import UsageSource
 from shared.vaultaccess import VaultAccess
 
 
@@ -33,6 +34,9 @@ class Deps:
     notifier: Notifier
     journal: Journal
     vaults: VaultAccess
+    # Usage evidence from Key Vault audit logs (shared/usage.py): unknown callers in the blast
+    # radius, audit proofs in verification. None: the inventory and resource state only.
+    usage: UsageSource | None = None
 
     def check_key(self, key: KeyRef) -> KeyRef:
         """``key`` re-parsed against KEYSTEWARD_VAULTS (raises ValidationError outside it)."""

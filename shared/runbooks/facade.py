@@ -50,6 +50,7 @@ from shared.runbooks.restore import RestoreSteps
 from shared.runbooks.revoke import RevokeSteps, whole_key
 from shared.runbooks.verify import Verifier
 from shared.targets.base import Target
+from shared.usage import UsageSource
 from shared.vaultaccess import VaultAccess
 
 log = structlog.get_logger("keysteward.runbooks")
@@ -71,9 +72,10 @@ class Runbooks:
         vault_access: VaultAccess,
         hook: StepHook | None = None,
         verify_interval: timedelta = VERIFY_INTERVAL,
+        usage: UsageSource | None = None,
     ) -> None:
         self._d = Deps(settings=settings, clock=clock, keys=keys, targets=targets, inventory=inventory,
-                       notifier=notifier, journal=journal, vaults=vault_access)
+                       notifier=notifier, journal=journal, vaults=vault_access, usage=usage)
         self._journal = journal
         self._revoke = RevokeSteps(self._d)
         restore = RestoreSteps(self._d)
@@ -148,7 +150,9 @@ class Runbooks:
         else:
             access = self._revoke.access_state(key, radius)
             changes = {"vault": access.vault.to_journal(), "removeAccess": [e.as_dict() for e in access.entries]}
-        return {**radius.to_journal(), "dryRun": True, "changes": changes,
+        evidence: JsonDict = {k: radius.summary[k] for k in ("usageEvidence", "unknownIdentities", "restorePoints")
+                              if k in radius.summary}
+        return {**radius.to_journal(), **evidence, "dryRun": True, "changes": changes,
                 "needsApproval": self._needs_approval(key, chosen, emergency=False)}
 
     # ---- starting runs ------------------------------------------------------------------------

@@ -320,11 +320,15 @@ class Verified:
     unverifiable: tuple[str, ...]
     unconfirmed: Mapping[str, str]
     pending: tuple[str, ...] | None = None
+    # resource id -> "resource-state", "audit-evidence", "both" or "none" (shared/usage.py)
+    proofs: Mapping[str, str] | None = None
 
     def to_journal(self) -> JsonDict:
         doc: JsonDict = {"expected": self.expected, "deadline": self.deadline, "confirmed": dict(self.confirmed),
                          "gone": list(self.gone), "unverifiable": list(self.unverifiable),
                          "unconfirmed": dict(self.unconfirmed)}
+        if self.proofs is not None:
+            doc["proofs"] = dict(self.proofs)
         if self.pending is not None:
             doc["pending"] = list(self.pending)
         return doc
@@ -336,6 +340,7 @@ class Verified:
             confirmed=_str_map(raw.get("confirmed")), gone=_strs(raw.get("gone")),
             unverifiable=_strs(raw.get("unverifiable")), unconfirmed=_str_map(raw.get("unconfirmed")),
             pending=_strs(raw["pending"]) if "pending" in raw else None,
+            proofs=_str_map(raw["proofs"]) if "proofs" in raw else None,
         )
 
 

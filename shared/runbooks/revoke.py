@@ -14,8 +14,10 @@ from typing import Any
 import structlog
 
 from shared.errors import NotFoundError, PermanentError
+from shared.inventory import for_key
 from shared.keyuri import parse_key_uri
 from shared.model import Binding, KeyRef, KeyVersion
+from shared.retention import restore_point_note
 from shared.runbooks.deps import Deps, parallel, with_retries
 from shared.runbooks.engine import Ctx
 from shared.runbooks.model import (
@@ -30,6 +32,7 @@ from shared.runbooks.model import (
 from shared.runbooks.radius import blast_radius
 from shared.runbooks.results import AccessState, Acted, Radius, VaultDoc, VersionState
 from shared.targets.base import Health
+from shared.usage import blast_radius_evidence
 from shared.vaultaccess import AccessEntry, VaultRef
 
 log = structlog.get_logger("keysteward.runbooks")
@@ -69,7 +72,19 @@ class RevokeSteps:
         return target.health(binding) if target is not None else Health.UNKNOWN
 
     def radius(self, key: KeyRef, mode: Mode) -> Radius:
-        return blast_radius(self._d.inventory.bindings(self._d.settings.subscriptions), key, mode, self._health)
+        everything = self._d.inventory.bindings(self._d.settings.subscriptions)
+        radius = blast_radius(everything, key, mode, self._health)
+        # Restore points taken with the key stay unusable while it is revoked (issue: backups keep their key).
+        notes = restore_point_note(for_key(everything, key))
+        if notes:
+            radius = dataclasses.replace(radius, summary={**radius.summary, "restorePoints": notes})
+        if self._d.usage is None:
+            return radius
+        # Beside the inventory's bindings: the identities no binding accounts for that used the key
+        # (or, for remove-access, the vault) in the lookback, with counts and last call.
+        evidence = blast_radius_evidence(self._d.usage, key, remove_access=mode == Mode.REMOVE_ACCESS,
+                                         known_principals=[b.principal_id or "" for b in everything])
+        return dataclasses.replace(radius, summary={**radius.summary, **evidence})
 
     def version_state(self, key: KeyRef) -> VersionState:
         versions = self._d.keys.versions(key)

@@ -13,12 +13,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import structlog
 
 from shared.errors import TransientError
 from shared.journal import Journal
+from shared.keyuri import parse_key_uri
 from shared.model import ServiceType
 from shared.notify import Outcome
 from shared.runbooks.deps import Deps
@@ -26,6 +27,7 @@ from shared.runbooks.engine import Ctx, HandBack, final_status
 from shared.runbooks.model import LEASE_TTL, RunKind, StepName, iso, sampled
 from shared.runbooks.results import Acted, BindingDoc, Published, Radius, RestorePlan, Verified
 from shared.targets.base import Health, Target
+from shared.usage import proof_kind, runbook_proofs
 
 log = structlog.get_logger("keysteward.runbooks")
 
@@ -94,11 +96,25 @@ class Verifier:
                               unverifiable=tuple(unverifiable),
                               unconfirmed={r: last.get(r, "") for r in sorted(pending)})
             if not pending or now >= deadline:
-                return result
+                return dataclasses.replace(result, proofs=self._proofs(ctx, result, acted_at))
             wait = min(self._interval, deadline - now)
             if now + wait > ctx.budget_end:
                 raise HandBack(dataclasses.replace(result, unconfirmed={}, pending=tuple(sorted(pending))))
             clock.sleep(wait.total_seconds())
+
+    def _proofs(self, ctx: Ctx, result: Verified, acted_at: datetime) -> dict[str, str]:
+        """Per expected binding, the proof it got: its resource state, audit evidence (its identity
+        seen failing with the key since ``act`` after a revocation, succeeding after a restore), both,
+        or none. One usage query for the run; without usage evidence, resource state only."""
+        docs = self._expected(ctx)
+        audit: dict[str, dict[str, object]] = {}
+        if self._d.usage is not None:
+            key = parse_key_uri(ctx.run.key, allowed_vaults=None)
+            audit = runbook_proofs(self._d.usage, key, {d.resource_id: d.principal_id for d in docs},
+                                   revoked=ctx.run.kind == RunKind.REVOKE, since=acted_at)
+        return {d.resource_id: proof_kind(d.resource_id in result.confirmed,
+                                          bool(audit.get(d.resource_id, {}).get("auditEvidence")))
+                for d in docs}
 
     def _observe(self, ids: Sequence[str],
                  services: Mapping[str, ServiceType]) -> dict[str, tuple[str, str] | None]:
