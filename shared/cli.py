@@ -171,12 +171,27 @@ def status_render(status: dict[str, Any], *, now: Any, clock: str) -> list[Rende
         for i, (version, b) in enumerate(kept):
             why.add_row(version if i == 0 or kept[i - 1][0] != version else "", humanize_text(b["message"]))
         out.append(why)
+    # Usage evidence from Key Vault's audit logs (shared/usage.py): who called each version.
+    from shared.usage import evidence_line, status_lines  # noqa: PLC0415 - only with a status to show
+
+    evidence = evidence_line(status)
+    if evidence:
+        out.append(evidence.strip())
+    for v in status["versions"]:
+        callers = status_lines(status, v)
+        if callers:
+            out.append(f"  {v['version']}:")
+            out.extend(callers)
     if status["bindings"]:
-        bindings = table("service", "resource", "pinned", "in use", "updatable")
+        bindings = table("service", "resource", "pinned", "in use", "updatable", "backups")
         for b in status["bindings"]:
+            in_use = b["inUseVersion"] or ("unknown (not reported)" if b.get("inUse") == "unknown" else "-")
+            if b.get("lagging"):
+                in_use = f"{in_use} (lagging)"
             bindings.add_row(b["service"], short_id(b["resourceId"]), b["pinnedVersion"] or "versionless",
-                             b["inUseVersion"] or "-",
-                             "yes" if b["updatable"] else ("no (STUCK on an old version)" if b["stuck"] else "no"))
+                             in_use,
+                             "yes" if b["updatable"] else ("no (STUCK on an old version)" if b["stuck"] else "no"),
+                             b.get("backup") or "-")
         out.append(bindings)
     out.append(f"times: {clock} (now {when(now)}); * = current version")
     return out

@@ -180,8 +180,9 @@ def read_estate(app: Keysteward, *, key: KeyRef | None = None) -> Estate:
             out.append(_key_view(app, facts, now=now))
         except NotFoundError as err:
             out.append(KeyView(ref, (), (), None, False, error=str(err)))
+    # An app without durable storage (the CLI) has no runs at all.
     unfinished = tuple((r.run_id, r.kind, r.status, max(0.0, (now - r.created).total_seconds()))
-                       for r in app.journal.list_unfinished())
+                       for r in app.journal.list_unfinished()) if app.has_journal else ()
     return Estate(now, tuple(out), unfinished)
 
 

@@ -147,7 +147,9 @@ def make_estate(world: World, *, clusters_per_sub: int = 2, accounts_per_sub: in
     return estate
 
 
-def steward(world: World, estate: Estate, **env: str) -> tuple[Keysteward, MemoryQueue, RecordingNotifier]:
+def steward(world: World, estate: Estate, *, journal: Any = None,
+            **env: str) -> tuple[Keysteward, MemoryQueue, RecordingNotifier]:
+    """The app over ``estate``; ``journal`` (e.g. tests.memory_journal.MemoryJournal) for runbooks."""
     settings = load_settings({
         "KEYSTEWARD_SUBSCRIPTIONS": ",".join(estate.subs),
         "KEYSTEWARD_VAULTS": estate.vault_url,
@@ -157,7 +159,8 @@ def steward(world: World, estate: Estate, **env: str) -> tuple[Keysteward, Memor
     })
     queue, notifier = MemoryQueue(), RecordingNotifier()
     app = build(settings, clock=world.clock, transport_factory=lambda: SandboxTransport(world),
-                credential=StaticTokenCredential(), notifier=notifier, queue=queue, polling_interval=0)
+                credential=StaticTokenCredential(), notifier=notifier, queue=queue, polling_interval=0,
+                journal=journal)
     return app, queue, notifier
 
 

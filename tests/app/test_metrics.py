@@ -28,6 +28,7 @@ from shared.reconcile import WriteBudget
 from shared.runbooks import RestoreRequest, RevokeRequest, runbooks_for
 from tests.app.estate import Estate, EventCapture, grid_event, make_estate, steward
 from tests.app.test_propagation import run_queue
+from tests.memory_journal import MemoryJournal
 
 ROOT = Path(__file__).resolve().parents[2]
 ONCALL = Principal("11111111-aaaa-4000-8000-000000000001", "On-call", frozenset({ROLE_READ, ROLE_REVOKE, ROLE_RESTORE}))
@@ -82,7 +83,7 @@ def estate(world: World) -> Estate:
 
 @pytest.fixture
 def wired(world: World, estate: Estate) -> Iterator[tuple[Any, Any, Any, EventCapture]]:
-    app, queue, notifier = steward(world, estate)
+    app, queue, notifier = steward(world, estate, journal=MemoryJournal(world.clock))
     root.install(app)
     capture = EventCapture(world)
     yield app, queue, notifier, capture

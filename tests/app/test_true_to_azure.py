@@ -30,6 +30,7 @@ from shared.retention import RetentionRefused, disable_version
 from shared.targets import build_targets
 from shared.targets.base import Health
 from tests.app.estate import LOCATION, RG, Estate, grant, key_client, kusto, make_estate, make_vault, steward
+from tests.memory_journal import MemoryJournal
 
 ENERGY_API = "2024-05-21"  # oep stable: EnergyServiceProperties.encryption.keyVaultProperties
 PG_API = "2023-03-02-preview"  # postgresqlhsc: the only api-version with dataEncryption
@@ -193,7 +194,7 @@ def test_blast_radius_counts_databases_next_to_clusters(world: World, monkeypatc
     monkeypatch.delenv("WEBSITE_AUTH_ENABLED", raising=False)
     estate = make_estate(world, clusters_per_sub=1, accounts_per_sub=0, versionless=0)
     make_database(world, estate, estate.clusters[0][1], "sales", estate.v1)
-    app, _, _ = steward(world, estate, KEYSTEWARD_TRUST_PRINCIPAL_HEADER="true")
+    app, _, _ = steward(world, estate, journal=MemoryJournal(world.clock), KEYSTEWARD_TRUST_PRINCIPAL_HEADER="true")
     reader = encode_principal("33333333-cccc-4000-8000-000000000003", name="Rita", roles=(ROLE_READ,))
     body = {"key": estate.key_uri, "mode": "disable", "reason": "drill", "ticket": "T-1", "dryRun": True}
     req = func.HttpRequest(method="POST", url="https://keysteward.azurewebsites.net/api/revoke",

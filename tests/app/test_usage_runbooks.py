@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -101,4 +102,4 @@ def test_cli_dry_run_prints_the_unknown_identities(rig: Rig, capsys: pytest.Capt
     assert cli_main(["revoke", "--key", rig.estate.key_uri, "--mode", "disable", "--reason", "r",
                      "--ticket", "t", "--dry-run"], app=rig.app) == 0
     out = capsys.readouterr().out
-    assert f"UNKNOWN    {STRANGER}  5 ok, 0 failed" in out
+    assert re.search(rf"{STRANGER}\s+5\s+0\s", out), out  # the unknown identities table: 5 ok, 0 failed

@@ -19,9 +19,9 @@ from sandbox.world import World
 from shared.app import Keysteward, build
 from shared.auth import ROLE_READ, ROLE_RESTORE, ROLE_REVOKE, encode_principal
 from shared.config import load_settings
-from shared.journal import MemoryJournal
 from shared.notify import RecordingNotifier
 from shared.workqueue import MemoryQueue
+from tests.memory_journal import MemoryJournal
 
 ROOT = Path(__file__).resolve().parents[2]
 FUNCTION_KEY = "ui-function-key-for-tests"

@@ -15,11 +15,11 @@ import functions._root as root
 from functions.ui import ui_blast_radius, ui_estate, ui_key, ui_run
 from sandbox.world import World
 from shared.auth import ROLE_READ, ROLE_REVOKE, Principal, encode_principal
-from shared.journal import MemoryJournal
 from shared.keyuri import parse_key_uri
 from shared.runbooks import RevokeRequest, runbooks_for
 from tests.app.estate import key_client
 from tests.app.test_runbooks import Rig, rig_for
+from tests.memory_journal import MemoryJournal
 
 READER = encode_principal("33333333-cccc-4000-8000-000000000003", name="Rita", roles=(ROLE_READ,))
 NOBODY = encode_principal("55555555-eeee-4000-8000-000000000005", name="Nina")
