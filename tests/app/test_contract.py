@@ -2,25 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _fresh_function_app():
-    """function_app.py loaded as a new module: ``FunctionApp.get_functions()`` may run only once
-    per app object, and other tests (the in-process host) may already have called it."""
-    spec = importlib.util.spec_from_file_location("function_app_contract", ROOT / "function_app.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.functionapp import fresh_function_app
 
 
 def test_function_app_lists_the_expected_functions_and_triggers():
-    module = _fresh_function_app()
-    functions = {f.get_function_name(): f for f in module.app.get_functions()}
+    functions = {f.get_function_name(): f for f in fresh_function_app().get_functions()}
     triggers = {name: next(b for b in f.get_bindings() if b.type.endswith("Trigger")) for name, f in functions.items()}
     assert triggers["on_key_vault_event"].type == "eventGridTrigger"
     assert triggers["process_work_item"].type == "queueTrigger"

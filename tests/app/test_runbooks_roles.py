@@ -14,11 +14,12 @@ import pytest
 import requests
 
 import functions._root as root
-from sandbox.host import DevHost, FunctionSpec, HostConfig, HostKeys, HttpTriggerSpec, import_app, load_functions
+from sandbox.host import DevHost, FunctionSpec, HostConfig, HostKeys, HttpTriggerSpec, load_functions
 from sandbox.world import World
 from shared.auth import ROLE_READ, ROLE_RESTORE, ROLE_REVOKE, encode_principal
 from shared.runbooks import RevokeRequest, runbooks_for
 from tests.app.test_runbooks import ALICE, Rig, rig_for
+from tests.functionapp import fresh_function_app
 from tests.memory_journal import MemoryJournal
 
 FUNCTION_KEY = "function-key-for-roles"
@@ -38,7 +39,7 @@ ONLY = {
 
 @functools.cache
 def http_functions() -> list[FunctionSpec]:
-    functions = load_functions(import_app("function_app"), environ=TRIGGER_SETTINGS)
+    functions = load_functions(fresh_function_app(), environ=TRIGGER_SETTINGS)
     return [f for f in functions if isinstance(f.trigger, HttpTriggerSpec)]
 
 

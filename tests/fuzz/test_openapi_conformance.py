@@ -29,7 +29,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 import functions._root as root
-from sandbox.host import DevHost, FunctionSpec, HostConfig, HostKeys, HttpTriggerSpec, import_app, load_functions
+from sandbox.host import DevHost, FunctionSpec, HostConfig, HostKeys, HttpTriggerSpec, load_functions
 from sandbox.world import World
 from shared.app import build
 from shared.auth import ROLE_READ, ROLE_RESTORE, ROLE_REVOKE, encode_principal
@@ -37,6 +37,7 @@ from shared.config import load_settings
 from shared.notify import RecordingNotifier
 from shared.workqueue import MemoryQueue
 from tests.app.estate import key_client, make_cluster, make_vault
+from tests.functionapp import fresh_function_app
 from tests.memory_journal import MemoryJournal
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,7 +73,7 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 @functools.cache
 def http_functions() -> list[FunctionSpec]:
     """The app's HTTP functions (the app's functions can be listed once per process)."""
-    functions = load_functions(import_app("function_app"), environ=TRIGGER_SETTINGS)
+    functions = load_functions(fresh_function_app(), environ=TRIGGER_SETTINGS)
     return [f for f in functions if isinstance(f.trigger, HttpTriggerSpec)]
 
 

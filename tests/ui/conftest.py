@@ -3,11 +3,9 @@ function_app.py's HTTP functions, over the in-process sandbox seeded with the de
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -21,6 +19,7 @@ from shared.auth import ROLE_READ, ROLE_RESTORE, ROLE_REVOKE, encode_principal
 from shared.config import load_settings
 from shared.notify import RecordingNotifier
 from shared.workqueue import MemoryQueue
+from tests.functionapp import fresh_function_app
 from tests.memory_journal import MemoryJournal
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,16 +43,6 @@ class Stack:
         return f"{self.host.url}/api/{path}{'&' if '?' in path else '?'}code={FUNCTION_KEY}"
 
 
-def _fresh_function_app() -> Any:
-    """function_app.py's app from a module of its own: an app object lists its functions only
-    once, and other tests of this process may have listed the shared one already."""
-    spec = importlib.util.spec_from_file_location("function_app_ui", ROOT / "function_app.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.app
-
-
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
     with pytest.MonkeyPatch.context() as mp:
@@ -72,7 +61,7 @@ def stack() -> Iterator[Stack]:
                     credential=StaticTokenCredential(), notifier=RecordingNotifier(), queue=MemoryQueue(),
                     polling_interval=0, journal=MemoryJournal(world.clock))
         root.install(app)
-        functions = [f for f in load_functions(_fresh_function_app(), environ=TRIGGER_SETTINGS)
+        functions = [f for f in load_functions(fresh_function_app(), environ=TRIGGER_SETTINGS)
                      if isinstance(f.trigger, HttpTriggerSpec)]
         host = DevHost(functions, keys=KEYS, config=HostConfig(), port=0)
         with host:

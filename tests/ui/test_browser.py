@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -31,6 +32,7 @@ from tests.ui.conftest import FUNCTION_KEY, ONCALL, Stack
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
+SHOTS = Path(tempfile.gettempdir()) / "keysteward-ui-shots"
 CHROMIUM = "/usr/bin/chromium"
 # The flags the page is tested with: no sandboxing a container cannot offer, no GPU, nothing
 # that talks to the network on its own (the page must work in a locked-down network).
@@ -71,7 +73,11 @@ def browser(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 
 def shot(page: Any, name: str) -> Path:
-    path = DOCS / name
+    """Saves a screenshot: into docs/ (what README shows) with KEYSTEWARD_UPDATE_SCREENSHOTS=1,
+    else beside the browser profile, so a test run leaves the checkout as it was."""
+    folder = DOCS if os.environ.get("KEYSTEWARD_UPDATE_SCREENSHOTS") == "1" else SHOTS
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
     page.screenshot(path=str(path), full_page=True)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     return path
