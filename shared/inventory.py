@@ -48,16 +48,13 @@ class ArmInventory:
             return for_key(self.bindings(subscriptions), key)
         needles = (key.name.lower(), (urlsplit(key.vault_url).hostname or "").lower())
         rows = list(_arm_rows_naming(self._clients, subscriptions, types or ARM_LIST_APIS, needles))
-        out = _rows_to_bindings(rows, _by_type(self._targets))
-        if types is None:
-            # Types with no subscription-wide list (Kusto databases are listed cluster by
-            # cluster) are read through their own adapter.
-            covered = {t.lower() for t in ARM_LIST_APIS}
-            for target in self._targets.values():
-                if not any(t.lower() in covered for t in target.arm_types):
-                    for sub in subscriptions:
-                        out.extend(target.list_bindings(sub))
-        return for_key(out, key)
+        # Types with no subscription-wide list are not read here: ARM lists Kusto databases
+        # cluster by cluster, which would make every event cost a read per cluster of the
+        # estate. On this path a database with its own key is moved by the reconcile timer's
+        # full pass (ArmInventory.bindings); the retention guard and the runbooks read the full
+        # inventory, so its version is protected meanwhile. The Resource Graph path finds
+        # databases at event time (one query).
+        return for_key(_rows_to_bindings(rows, _by_type(self._targets)), key)
 
     def bindings(self, subscriptions: Sequence[str]) -> list[Binding]:
         out: list[Binding] = []
