@@ -111,7 +111,7 @@ from sandbox.host.settings import (
     storage_connection_string,
 )
 from sandbox.host.timers import (
-    SandboxClock,
+    SandboxTimeSource,
     TimerScheduler,
     TimeSource,
     TimeSourceError,
@@ -152,7 +152,7 @@ __all__ = [
     "QueueTriggerSpec",
     "RetryPolicy",
     "RouteTemplate",
-    "SandboxClock",
+    "SandboxTimeSource",
     "TimeSource",
     "TimeSourceError",
     "TimerScheduler",

@@ -40,7 +40,7 @@ from sandbox.host.settings import (
     load_local_settings,
 )
 from sandbox.host.timers import (
-    SandboxClock,
+    SandboxTimeSource,
     TimerScheduler,
     TimeSource,
     TimeSourceError,
@@ -134,7 +134,7 @@ class DevHost:
         self.timers.stop()
         for poller in self.queues:
             poller.stop()
-        if isinstance(self.clock, SandboxClock):
+        if isinstance(self.clock, SandboxTimeSource):
             self.clock.close()
 
     def __enter__(self) -> DevHost:

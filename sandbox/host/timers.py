@@ -47,8 +47,10 @@ class WallClock:
         return "wall clock"
 
 
-class SandboxClock:
-    """The sandbox's clock, read over loopback HTTPS from ``{admin_url}/sandbox/clock``.
+class SandboxTimeSource:
+    """The sandbox's clock as the host's time source, read over loopback HTTPS from
+    ``{admin_url}/sandbox/clock`` (not :class:`sandbox.clock.SandboxClock`, the clock the
+    sandbox itself keeps).
 
     The connection file is (re)read when the sandbox cannot be reached, so a sandbox that
     starts after the host, or restarts on another port, is picked up.
@@ -104,7 +106,7 @@ class SandboxClock:
 def time_source_from_env(environ: Mapping[str, str]) -> TimeSource:
     """The sandbox clock when ``KEYSTEWARD_SANDBOX`` names a connection file, else the wall clock."""
     path = environ.get(SANDBOX_SETTING, "").strip()
-    return SandboxClock(Path(path)) if path else WallClock()
+    return SandboxTimeSource(Path(path)) if path else WallClock()
 
 
 def parse_datetime(text: str) -> datetime:
