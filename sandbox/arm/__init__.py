@@ -40,12 +40,11 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
+from sandbox.arm.common import ROUTER, _query
 from sandbox.wire import Request, Response, SandboxError, error_response
 
 if TYPE_CHECKING:
     from sandbox.world import World
-
-from sandbox.arm.common import ROUTER, _query
 
 # Routes register on import and are matched in registration order: keep this order.
 # isort: off

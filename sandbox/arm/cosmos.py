@@ -8,18 +8,6 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from sandbox import services
-from sandbox.state import ArmResource
-from sandbox.wire import (
-    Request,
-    Response,
-    SandboxError,
-    json_response,
-)
-
-if TYPE_CHECKING:
-    import re as _re
-
-    from sandbox.world import World
 from sandbox.arm.common import (
     _RG,
     _SUB,
@@ -47,6 +35,18 @@ from sandbox.arm.common import (
     resource_json,
 )
 from sandbox.arm.kusto import _CLUSTER, databases_of
+from sandbox.state import ArmResource
+from sandbox.wire import (
+    Request,
+    Response,
+    SandboxError,
+    json_response,
+)
+
+if TYPE_CHECKING:
+    import re as _re
+
+    from sandbox.world import World
 
 # ---- Cosmos DB accounts --------------------------------------------------------------------
 # Spec: specification/cosmos-db/resource-manager/Microsoft.DocumentDB/DocumentDB/stable/2026-03-15

@@ -9,16 +9,6 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from sandbox.wire import (
-    Request,
-    Response,
-    json_response,
-)
-
-if TYPE_CHECKING:
-    import re as _re
-
-    from sandbox.world import World
 from sandbox.arm.common import (
     GRAPH_DEFAULT_TOP,
     GRAPH_MAX_TOP,
@@ -30,6 +20,16 @@ from sandbox.arm.common import (
     resource_json,
     vault_json,
 )
+from sandbox.wire import (
+    Request,
+    Response,
+    json_response,
+)
+
+if TYPE_CHECKING:
+    import re as _re
+
+    from sandbox.world import World
 
 # ---- Resource Graph ---------------------------------------------------------------------------
 GRAPH_COLUMNS = (

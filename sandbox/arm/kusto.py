@@ -6,18 +6,6 @@ import copy
 import re
 from typing import TYPE_CHECKING
 
-from sandbox.state import ArmResource
-from sandbox.wire import (
-    Request,
-    Response,
-    SandboxError,
-    json_response,
-)
-
-if TYPE_CHECKING:
-    import re as _re
-
-    from sandbox.world import World
 from sandbox.arm.common import (
     _RG,
     _SUB,
@@ -43,6 +31,18 @@ from sandbox.arm.common import (
     _tags,
     resource_json,
 )
+from sandbox.state import ArmResource
+from sandbox.wire import (
+    Request,
+    Response,
+    SandboxError,
+    json_response,
+)
+
+if TYPE_CHECKING:
+    import re as _re
+
+    from sandbox.world import World
 
 # ---- Kusto clusters -----------------------------------------------------------------------
 _CLUSTER = _RG + r"/providers/Microsoft\.Kusto/clusters/(?P<name>[^/]+)"

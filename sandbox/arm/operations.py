@@ -6,6 +6,7 @@ import math
 from typing import TYPE_CHECKING
 from urllib.parse import quote, urlencode
 
+from sandbox.arm.common import _SUB, ROUTER, JsonObj, _query, resource_json
 from sandbox.clock import isoformat
 from sandbox.state import Operation
 from sandbox.wire import (
@@ -20,7 +21,6 @@ if TYPE_CHECKING:
     import re as _re
 
     from sandbox.world import World
-from sandbox.arm.common import _SUB, ROUTER, JsonObj, _query, resource_json
 
 
 # ---- operation status -----------------------------------------------------------------------

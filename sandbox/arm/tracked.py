@@ -6,18 +6,6 @@ import copy
 from typing import TYPE_CHECKING, Any
 
 from sandbox import services
-from sandbox.state import ArmResource, principal_id_for
-from sandbox.wire import (
-    Request,
-    Response,
-    SandboxError,
-    json_response,
-)
-
-if TYPE_CHECKING:
-    import re as _re
-
-    from sandbox.world import World
 from sandbox.arm.common import (
     _RG,
     _SUB,
@@ -42,6 +30,18 @@ from sandbox.arm.common import (
     _tags,
     resource_json,
 )
+from sandbox.state import ArmResource, principal_id_for
+from sandbox.wire import (
+    Request,
+    Response,
+    SandboxError,
+    json_response,
+)
+
+if TYPE_CHECKING:
+    import re as _re
+
+    from sandbox.world import World
 
 # ---- generic tracked resources ---------------------------------------------------------------
 _GENERIC = _RG + r"/providers/(?P<ns>[^/]+)/(?P<type>[^/]+)/(?P<name>[^/]+)"

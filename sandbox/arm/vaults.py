@@ -6,19 +6,6 @@ import copy
 import re
 from typing import TYPE_CHECKING, Any
 
-from sandbox.state import Vault
-from sandbox.wire import (
-    Request,
-    Response,
-    SandboxError,
-    empty_response,
-    json_response,
-)
-
-if TYPE_CHECKING:
-    import re as _re
-
-    from sandbox.world import World
 from sandbox.arm.common import (
     _RG,
     _SUB,
@@ -35,6 +22,19 @@ from sandbox.arm.common import (
     _tags,
     vault_json,
 )
+from sandbox.state import Vault
+from sandbox.wire import (
+    Request,
+    Response,
+    SandboxError,
+    empty_response,
+    json_response,
+)
+
+if TYPE_CHECKING:
+    import re as _re
+
+    from sandbox.world import World
 
 # ---- Key Vault: vaults ----------------------------------------------------------------------
 _VAULT = _RG + r"/providers/Microsoft\.KeyVault/vaults/(?P<name>[^/]+)"
