@@ -137,8 +137,20 @@ def _authority(authority: str, *, field: str, text: str) -> str:
     return f"https://{host}:{port}"
 
 
+def norm_vault_url(url: str | None) -> str:
+    """A vault URL as keysteward compares it everywhere: stripped, no trailing slash, lower case,
+    no default port (``:443``); ``None`` gives ``""``.
+
+    The one lenient normaliser, for vault URLs Azure itself reports (a vault's ``vaultUri``, a
+    service's ``keyVaultUri``): it never raises. For a URL that arrives as input (settings, HTTP,
+    CLI) use :func:`normalize_vault_url`, which validates it first and gives the same form for
+    every valid URL.
+    """
+    return (url or "").strip().rstrip("/").lower().removesuffix(":443")
+
+
 def normalize_vault_url(text: object, *, field: str = "vault_url") -> str:
-    """Validates a vault URL and returns it normalised.
+    """Validates a vault URL and returns it normalised (for input; see :func:`norm_vault_url`).
 
     Accepts ``https://{host}[:{port}]`` with an optional trailing ``/`` (for example
     ``https://myvault.vault.azure.net/`` or ``https://127.0.0.1:8443``) under the same

@@ -21,11 +21,8 @@ from shared.errors import PermanentError
 from shared.keyvault import KeyStore
 from shared.model import KeyRef, KeyVersion
 from shared.notify import Notifier, Outcome
+from shared.tags import POLICY_TAGS, ROTATE_TAG
 
-ROTATE_TAG = "keysteward-rotate"
-RETIRE_TAG = "keysteward-retire"
-# Tags that carry keysteward's policy from one version to the next on rotation.
-POLICY_TAGS = (ROTATE_TAG, RETIRE_TAG)
 # Key Vault's NearExpiry event fires 30 days before exp (unless a Notify action says otherwise).
 NEAR_EXPIRY_WINDOW = timedelta(days=30)
 

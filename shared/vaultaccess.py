@@ -31,8 +31,9 @@ from azure.mgmt.keyvault.models import (
 from shared.clients import ClientFactory
 from shared.errors import NotFoundError
 from shared.errors import azure_errors as _sdk
+from shared.keyuri import norm_vault_url
 from shared.targets.base import resource_group_of
-from shared.vaults import locate, norm_vault_url
+from shared.vaults import locate
 
 # Permission kinds of an access policy entry, as the REST API names them.
 PERMISSION_KINDS = ("keys", "secrets", "certificates", "storage")

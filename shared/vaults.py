@@ -12,6 +12,7 @@ from typing import Any
 from azure.mgmt.keyvault.models import Vault
 
 from shared.clients import ClientFactory
+from shared.keyuri import norm_vault_url
 from shared.targets.base import enum_text, resource_group_of, sdk
 
 
@@ -35,11 +36,6 @@ class VaultInfo:
             return False
         perms = self.key_permissions.get(object_id.lower(), frozenset())
         return "all" in perms or all(p.lower() in perms for p in needed)
-
-
-def norm_vault_url(url: str | None) -> str:
-    """A vault URL as compared everywhere: no trailing slash, lower case, no default port."""
-    return (url or "").strip().rstrip("/").lower().removesuffix(":443")
 
 
 def locate(

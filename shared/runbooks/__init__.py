@@ -52,13 +52,10 @@ from shared.errors import ConfigError, PermanentError, TransientError
 from shared.runbooks.facade import Runbooks
 from shared.runbooks.hold import Hold, HoldAct
 from shared.runbooks.model import (
-    HELD_TAG,
     MODE_DISABLE,
     MODE_REMOVE_ACCESS,
     MODES,
     PHASES,
-    REVOKED_AT_TAG,
-    REVOKED_BY_TAG,
     SAMPLE_MAX,
     STEP_STALE_AFTER,
     STEPS,
@@ -74,6 +71,7 @@ from shared.runbooks.model import (
     Waiting,
 )
 from shared.runbooks.records import InForce, Records
+from shared.tags import HELD_TAG, REVOKED_AT_TAG, REVOKED_BY_TAG
 
 if TYPE_CHECKING:
     from shared.app import Keysteward

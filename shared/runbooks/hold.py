@@ -2,8 +2,8 @@
 
 - ``disable``: any enabled version of the key (a version created outside keysteward, by Key
   Vault's rotation policy or in the portal, or re-enabled by hand) is disabled on sight, tagged
-  :data:`~shared.runbooks.model.REVOKED_BY_TAG` = the revocation's run and
-  :data:`~shared.runbooks.model.HELD_TAG`, so that its restore re-enables it and says so.
+  :data:`~shared.tags.REVOKED_BY_TAG` = the revocation's run and
+  :data:`~shared.tags.HELD_TAG`, so that its restore re-enables it and says so.
 - ``remove-access``: an access policy entry re-added for an identity the revocation targets is
   removed again.
 
@@ -25,20 +25,11 @@ from shared.journal import Revocation
 from shared.keyuri import parse_key_uri
 from shared.model import KeyRef
 from shared.runbooks.deps import Deps
-from shared.runbooks.model import (
-    HELD_TAG,
-    REVOKED_AT_TAG,
-    STEP_STALE_AFTER,
-    JsonDict,
-    Mode,
-    RunStatus,
-    StepName,
-    StepStatus,
-    iso,
-)
+from shared.runbooks.model import STEP_STALE_AFTER, JsonDict, Mode, RunStatus, StepName, StepStatus, iso
 from shared.runbooks.restore import HOLD_STEP
 from shared.runbooks.results import Acted, Radius
 from shared.runbooks.revoke import disable_tagged
+from shared.tags import HELD_TAG, REVOKED_AT_TAG
 from shared.vaultaccess import AccessEntry
 
 log = structlog.get_logger("keysteward.runbooks")

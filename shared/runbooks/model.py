@@ -58,16 +58,6 @@ class StepStatus(StrEnum):
     FAILED = "failed"
 
 
-REVOKED_BY_TAG: Final = "keysteward-revoked-by"
-"""Tag on every version a revocation disabled: the run id. Retention's drift repair leaves
-versions carrying it alone; restore removes it when it re-enables the version."""
-REVOKED_AT_TAG: Final = "keysteward-revoked-at"
-"""Tag beside :data:`REVOKED_BY_TAG`: when the version was disabled (ISO-8601 UTC)."""
-HELD_TAG: Final = "keysteward-held"
-"""Tag beside :data:`REVOKED_BY_TAG` on a version the hold disabled (one enabled after the
-revocation acted, e.g. created by a rotation policy): tells its restore the version came
-during the revocation."""
-
 MODE_DISABLE: Final = Mode.DISABLE
 MODE_REMOVE_ACCESS: Final = Mode.REMOVE_ACCESS
 MODES: Final = tuple(m.value for m in Mode)

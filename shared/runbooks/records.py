@@ -8,7 +8,7 @@ removes it. Every path that could make the key usable again or move a binding as
 
 Without a journal (a CLI run with no storage configured: runbooks refuse to run there) the
 records cannot be read; the vault-side mark is consulted instead: any version of the key
-tagged :data:`~shared.runbooks.model.REVOKED_BY_TAG` holds the key. That mark is a second,
+tagged :data:`~shared.tags.REVOKED_BY_TAG` holds the key. That mark is a second,
 weaker signal (a ``remove-access`` revocation leaves none), which is why the runbooks
 themselves require storage.
 """
@@ -23,7 +23,8 @@ import structlog
 from shared.journal import Journal, Revocation
 from shared.keyvault import KeyStore
 from shared.model import KeyRef
-from shared.runbooks.model import REVOKED_BY_TAG, Mode
+from shared.runbooks.model import Mode
+from shared.tags import REVOKED_BY_TAG
 
 log = structlog.get_logger("keysteward.runbooks")
 

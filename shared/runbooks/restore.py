@@ -16,24 +16,13 @@ import structlog
 
 from shared.errors import PermanentError
 from shared.journal import Run
-from shared.keyuri import parse_key_uri
+from shared.keyuri import norm_vault_url, parse_key_uri
 from shared.runbooks.deps import Deps, parallel, with_retries
 from shared.runbooks.engine import Ctx, retry_on_conflict
-from shared.runbooks.model import (
-    HELD_SCAN_LIMIT,
-    HELD_TAG,
-    REVOKED_AT_TAG,
-    REVOKED_BY_TAG,
-    JsonDict,
-    Mode,
-    RunKind,
-    RunStatus,
-    StepName,
-    StepStatus,
-)
+from shared.runbooks.model import HELD_SCAN_LIMIT, JsonDict, Mode, RunKind, RunStatus, StepName, StepStatus
 from shared.runbooks.results import Acted, Radius, RestorePlan, RestoreState, VersionMark
+from shared.tags import HELD_TAG, REVOKED_AT_TAG, REVOKED_BY_TAG
 from shared.vaultaccess import AccessEntry
-from shared.vaults import norm_vault_url
 
 log = structlog.get_logger("keysteward.runbooks")
 

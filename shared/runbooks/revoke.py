@@ -20,17 +20,10 @@ from shared.model import Binding, KeyRef, KeyVersion
 from shared.retention import restore_point_note
 from shared.runbooks.deps import Deps, parallel, with_retries
 from shared.runbooks.engine import Ctx
-from shared.runbooks.model import (
-    MAX_VERSION_TAGS,
-    REVOKED_AT_TAG,
-    REVOKED_BY_TAG,
-    JsonDict,
-    Mode,
-    StepName,
-    iso,
-)
+from shared.runbooks.model import MAX_VERSION_TAGS, JsonDict, Mode, StepName, iso
 from shared.runbooks.radius import blast_radius
 from shared.runbooks.results import AccessState, Acted, Radius, VaultDoc, VersionState
+from shared.tags import REVOKED_AT_TAG, REVOKED_BY_TAG
 from shared.targets.base import Health
 from shared.usage import blast_radius_evidence
 from shared.vaultaccess import AccessEntry, VaultRef

@@ -9,6 +9,7 @@ from typing import Any, ClassVar, Protocol
 
 from shared.armid import name_of, parent_name_of, resource_group_of, subscription_of
 from shared.errors import azure_errors
+from shared.keyuri import norm_vault_url
 from shared.model import Binding, KeyRef, ServiceType
 
 JsonObj = dict[str, Any]
@@ -135,7 +136,7 @@ def parse_key_uri_loose(uri: str | None) -> tuple[KeyRef, str | None] | None:
     m = _KEY_URI.match(uri.strip())
     if m is None:
         return None
-    vault = m.group(1).lower().removesuffix(":443")
+    vault = norm_vault_url(m.group(1))
     version = m.group(3).lower() if m.group(3) else None
     return KeyRef(vault, m.group(2)), version
 

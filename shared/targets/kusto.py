@@ -21,6 +21,7 @@ from azure.mgmt.kusto.models import Cluster, ClusterProperties, ClusterUpdate, K
 
 from shared.clients import ClientFactory
 from shared.errors import NotFoundError
+from shared.keyuri import norm_vault_url
 from shared.model import Binding, KeyRef, ServiceType
 from shared.targets.base import (
     CMK_PERMISSIONS,
@@ -50,8 +51,8 @@ KUSTO_KEY_SIZES = frozenset({2048})
 
 
 def vault_url(uri: str) -> str:
-    """A Kusto ``keyVaultUri`` as keysteward's normalised vault URL."""
-    return uri.strip().rstrip("/").lower().removesuffix(":443")
+    """A Kusto ``keyVaultUri`` as keysteward's normalised vault URL (:func:`shared.keyuri.norm_vault_url`)."""
+    return norm_vault_url(uri)
 
 
 def speaks_of_key(reason: str | None) -> bool:

@@ -5,7 +5,7 @@ api-version azure-eventgrid 4.22's basic-topic client sends).
 Specs: specification/resourcegraph/resource-manager/Microsoft.ResourceGraph/stable/2021-03-01/resourcegraph.json
 and specification/eventgrid/data-plane/Microsoft.EventGrid/stable/2018-01-01/EventGrid.json.
 The graph example's query is replayed with its resource type changed to one the sandbox holds
-(``Microsoft.Kusto/clusters``); the sandbox's KQL is a subset (see sandbox/arm.py).
+(``Microsoft.Kusto/clusters``); the sandbox's KQL is a subset (see sandbox/arm/graph.py).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from azure.functions.timer import TimerRequest
 
 from sandbox.host import (
     DevHost,
-    SandboxClock,
+    SandboxTimeSource,
     TimerScheduler,
     TimeSourceError,
     WallClock,
@@ -191,7 +191,7 @@ def fake_sandbox(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]]:
 def test_sandbox_clock_reads_the_sandbox_time(fake_sandbox: tuple[Path, dict[str, str]]) -> None:
     conn, state = fake_sandbox
     clock = time_source_from_env({"KEYSTEWARD_SANDBOX": str(conn)})
-    assert isinstance(clock, SandboxClock)
+    assert isinstance(clock, SandboxTimeSource)
     assert clock.now() == START
     state["now"] = "2026-01-06T10:00:00.5+00:00"
     assert clock.now() == datetime(2026, 1, 6, 10, 0, 0, 500000, tzinfo=UTC)
@@ -200,11 +200,11 @@ def test_sandbox_clock_reads_the_sandbox_time(fake_sandbox: tuple[Path, dict[str
 
 def test_sandbox_clock_unreachable_raises_time_source_error(tmp_path: Path) -> None:
     with pytest.raises(TimeSourceError):
-        SandboxClock(tmp_path / "missing.json").now()
+        SandboxTimeSource(tmp_path / "missing.json").now()
     conn = tmp_path / "sandbox.json"
     conn.write_text(json.dumps({"admin_url": "https://127.0.0.1:9", "ca_bundle": str(tmp_path / "ca.pem")}))
     with pytest.raises(TimeSourceError):
-        SandboxClock(conn, timeout=0.5).now()
+        SandboxTimeSource(conn, timeout=0.5).now()
 
 
 def test_without_the_sandbox_setting_the_wall_clock_is_used() -> None:
@@ -215,7 +215,7 @@ def test_host_timers_follow_the_sandbox_clock(fake_sandbox: tuple[Path, dict[str
     conn, state = fake_sandbox
     fixture_app.reset()
     functions = load_functions(_timer_app(schedule="0 */15 * * * *"), environ={})
-    host = DevHost(functions, keys=KEYS, clock=SandboxClock(conn), port=0, timer_poll_interval=0.02)
+    host = DevHost(functions, keys=KEYS, clock=SandboxTimeSource(conn), port=0, timer_poll_interval=0.02)
     with host:
         wait_for(lambda: host.timers.next_due()["t"] is not None)
         state["now"] = "2026-01-06T10:00:00Z"  # the sandbox jumps 25 hours
