@@ -516,7 +516,7 @@ def _compile_resource(
     if version is None and rtype in (POSTGRES_TYPE, ENERGY_TYPE):
         raise SeedError(f"{p}.version", "this service needs a pinned version")
     if version is not None and rtype == COSMOS_TYPE:
-        # Azure refuses a versioned keyVaultKeyUri on Cosmos DB accounts (see sandbox/arm.py).
+        # Azure refuses a versioned keyVaultKeyUri on Cosmos DB accounts (see sandbox/arm/cosmos.py).
         raise SeedError(f"{p}.version", "Cosmos DB accounts take a versionless key URI: use null")
     backup = raw.get("backup_policy")
     if backup is not None and (rtype != COSMOS_TYPE or not isinstance(backup, dict)):

@@ -1,7 +1,7 @@
 """The sandbox world: one state model behind every way in.
 
 ``World.handle`` is the whole request pipeline: log -> faults -> challenge/auth -> throttle ->
-route -> catch up with time. Route tables live in ``keyvault.py`` (data plane), ``arm.py``
+route -> catch up with time. Route tables live in ``keyvault.py`` (data plane), ``arm/``
 (management plane) and ``admin.py`` (``/sandbox/...``); time-driven behaviour in
 ``services.py`` (simulated service key use, LRO completion), ``keyvault.py`` (expiry events,
 auto-rotation) and ``eventgrid.py`` (webhook delivery).

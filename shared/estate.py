@@ -32,8 +32,6 @@ from shared.inventory import by_key
 from shared.model import Binding, KeyRef, KeyVersion
 from shared.reconcile import ActionKind, plan
 from shared.retention import (
-    RETIRED_BY_TAG,
-    REVOKED_BY_TAG,
     BlockerKind,
     KeyFacts,
     Verdict,
@@ -41,6 +39,7 @@ from shared.retention import (
     verdict_for,
 )
 from shared.rotation import managed_max_age
+from shared.tags import RETIRED_BY_TAG, REVOKED_BY_TAG
 
 if TYPE_CHECKING:
     from shared.app import Keysteward

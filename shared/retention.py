@@ -32,10 +32,9 @@ from shared.notify import Outcome
 if TYPE_CHECKING:
     from shared.app import Keysteward
 
-RETIRE_TAG = "keysteward-retire"  # on the current version: retire old versions of this key
-RETIRED_AT_TAG = "keysteward-retired-at"
-RETIRED_BY_TAG = "keysteward-retired-by"
-REVOKED_BY_TAG = "keysteward-revoked-by"  # set by revocation runs; drift repair leaves these alone
+# RETIRE_TAG on the current version: retire old versions of this key. REVOKED_BY_TAG is set by
+# revocation runs; drift repair leaves those versions alone. One vocabulary: shared/tags.py.
+from shared.tags import RETIRE_TAG, RETIRED_AT_TAG, RETIRED_BY_TAG, REVOKED_BY_TAG
 
 
 class BlockerKind:

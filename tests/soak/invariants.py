@@ -35,7 +35,8 @@ from typing import Any
 
 from shared.journal import Run
 from shared.model import Binding, KeyRef, KeyVersion
-from shared.retention import REVOKED_BY_TAG, verdict
+from shared.retention import verdict
+from shared.tags import REVOKED_BY_TAG
 
 ARM_HOST = "management.azure.com"
 WRITE_METHODS = frozenset({"PATCH", "PUT", "POST", "DELETE"})

@@ -32,8 +32,8 @@ from shared.config import load_settings
 from shared.journal import Journal
 from shared.model import KeyRef
 from shared.notify import RecordingNotifier
-from shared.retention import RETIRE_TAG
 from shared.runbooks import PHASES, STEPS, RestoreRequest, RevokeRequest, runbooks_for
+from shared.tags import RETIRE_TAG
 from shared.workqueue import MemoryQueue
 from tests.app.estate import grid_event
 from tests.memory_journal import MemoryJournal
