@@ -297,7 +297,7 @@ def cosmos(run: Run) -> None:
 
     run.step("az cosmosdb list", list_accounts)
     run.step("az cosmosdb show", show_account)
-    run.step("az cosmosdb list: keyVaultKeyUri versionless", versionless, gap="issue 13 point 3")
+    run.step("az cosmosdb list: keyVaultKeyUri versionless", versionless)
 
 
 def rest(run: Run) -> None:
@@ -337,11 +337,11 @@ def rest(run: Run) -> None:
         return f"{cluster.name}: {len(got['value'])} databases"
 
     run.step("az rest: Kusto clusters", listing("Microsoft.Kusto/clusters", KUSTO_API, kusto))
-    run.step("az rest: Kusto databases", kusto_databases, gap="issue 13 point 4")
+    run.step("az rest: Kusto databases", kusto_databases)
     run.step("az rest: PostgreSQL clusters (serverGroupsv2)",
-             listing("Microsoft.DBforPostgreSQL/serverGroupsv2", POSTGRES_API, postgres), gap="issue 13 point 2")
+             listing("Microsoft.DBforPostgreSQL/serverGroupsv2", POSTGRES_API, postgres))
     run.step("az rest: Energy services",
-             listing("Microsoft.OpenEnergyPlatform/energyServices", ENERGY_API, energy), gap="issue 13 point 1")
+             listing("Microsoft.OpenEnergyPlatform/energyServices", ENERGY_API, energy))
 
 
 def markdown(run: Run, az_version: str, total_s: float) -> str:
