@@ -16,7 +16,7 @@ VPY := $(VENV)/bin/python
 TESTS ?= tests
 PYTEST_ARGS ?= -n 2 --dist loadfile
 
-PIP_INPUTS := requirements.txt requirements-dev.txt pyproject.toml
+PIP_INPUTS := requirements.txt requirements-cli.txt requirements-dev.txt pyproject.toml
 NPM_INPUTS := package.json package-lock.json
 PIP_STAMP := $(VENV)/.installed-$(shell cat $(PIP_INPUTS) | cksum | cut -d' ' -f1)
 NPM_STAMP := node_modules/.installed-$(shell cat $(NPM_INPUTS) | cksum | cut -d' ' -f1)

@@ -39,8 +39,8 @@ TIMER = (
     "import sys, time\nsys.path.insert(0, {path!r})\n{hide}t = time.perf_counter()\n"
     "import {module}\nprint(time.perf_counter() - t)\n"
 )
-# ``rich`` is a development tool here, not in requirements.txt, so a deployed app does not have
-# it; structlog imports it when present (structlog.dev, for pretty console tracebacks). The
+# ``rich`` is the CLI's (requirements-cli.txt), not in requirements.txt, so a deployed app does not
+# have it; structlog imports it when present (structlog.dev, for pretty console tracebacks). The
 # "as deployed" figures hide it from both apps; the "this machine" figures do not.
 HIDE_RICH = (
     "import importlib.abc\n"

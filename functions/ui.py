@@ -25,14 +25,11 @@ import secrets
 
 import azure.functions as func
 
-from functions import ui_render
 from functions._http import FUNCTION_KEY_PARAM, Audit, guarded
 from functions._root import get_app
 from shared.auth import ROLE_READ, Principal
 from shared.errors import NotFoundError, ValidationError
-from shared.estate import read_estate
 from shared.keyuri import parse_key_uri
-from shared.runbooks import MODES, runbooks_for
 
 bp = func.Blueprint()  # type: ignore[no-untyped-call]  # azure-functions leaves __init__ unannotated
 
@@ -65,6 +62,10 @@ def ui_estate(req: func.HttpRequest) -> func.HttpResponse:
 
     def handle(_principal: Principal, _audit: Audit) -> func.HttpResponse:
         _only(req)
+        from functions import ui_render  # noqa: PLC0415 - the page and the core load on first use (cold start)
+        from shared.estate import read_estate  # noqa: PLC0415
+        from shared.runbooks import runbooks_for  # noqa: PLC0415
+
         app = get_app()
         estate = read_estate(app)
         runs = runbooks_for(app).runs(limit=RECENT_RUNS)
@@ -81,6 +82,10 @@ def ui_key(req: func.HttpRequest) -> func.HttpResponse:
 
     def handle(_principal: Principal, audit: Audit) -> func.HttpResponse:
         _only(req, "key")
+        from functions import ui_render  # noqa: PLC0415 - the page and the core load on first use (cold start)
+        from shared.estate import read_estate  # noqa: PLC0415
+        from shared.runbooks import runbooks_for  # noqa: PLC0415
+
         app = get_app()
         key = parse_key_uri(req.params.get("key"), allowed_vaults=app.settings.vaults, require_version=False)
         key = key.versionless()
@@ -102,6 +107,9 @@ def ui_blast_radius(req: func.HttpRequest) -> func.HttpResponse:
 
     def handle(_principal: Principal, audit: Audit) -> func.HttpResponse:
         _only(req, "key", "mode")
+        from functions import ui_render  # noqa: PLC0415 - the page and the core load on first use (cold start)
+        from shared.runbooks import MODES, runbooks_for  # noqa: PLC0415
+
         app = get_app()
         key = parse_key_uri(req.params.get("key"), allowed_vaults=app.settings.vaults)
         audit.key, audit.outcome = key.uri, "dry-run"
@@ -122,6 +130,9 @@ def ui_run(req: func.HttpRequest) -> func.HttpResponse:
 
     def handle(_principal: Principal, audit: Audit) -> func.HttpResponse:
         _only(req, "part")
+        from functions import ui_render  # noqa: PLC0415 - the page and the core load on first use (cold start)
+        from shared.runbooks import runbooks_for  # noqa: PLC0415
+
         run_id = str(req.route_params.get("id") or "").strip()
         if not run_id or len(run_id) > MAX_RUN_ID:
             raise ValidationError("the run id in the route is missing or too long", field="id")

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 from azure.core.credentials import AccessToken, TokenCredential
 from azure.core.pipeline import PipelineRequest, PipelineResponse
-from azure.core.pipeline.policies import HTTPPolicy
+from azure.core.pipeline.policies import CustomHookPolicy, HTTPPolicy
 
+from shared import metrics
 from shared.config import Settings
-from shared.metrics import ArmCallMeter
 from shared.pacing import Pacer, bucket_of, caps_from
 
 if TYPE_CHECKING:
@@ -39,6 +39,18 @@ class StaticTokenCredential:
 
     def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:  # noqa: ARG002 - any scope: the sandbox
         return AccessToken("sandbox-token", int(time.time()) + 3600)
+
+
+class ArmCallMeter(CustomHookPolicy[Any, Any]):
+    """The management clients' ``custom_hook_policy``: it sits after their retry policy, so every
+    ARM request attempt (429s included) is counted, by subscription, method and status; the
+    per-operation ``raw_response_hook`` of a caller still runs first, as with the stock policy.
+    Requests outside a subscription count under ``none``."""
+
+    def on_response(self, request: PipelineRequest[Any], response: PipelineResponse[Any, Any]) -> None:
+        super().on_response(request, response)
+        http = request.http_request
+        metrics.current().arm_call(metrics.subscription_of(http.url), http.method, response.http_response.status_code)
 
 
 class PacingPolicy(HTTPPolicy[Any, Any]):

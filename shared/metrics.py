@@ -48,8 +48,6 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from azure.core.pipeline import PipelineRequest, PipelineResponse
-from azure.core.pipeline.policies import CustomHookPolicy
 from opentelemetry import metrics as otel
 from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider, Observation
 
@@ -268,18 +266,6 @@ class Metrics:
                 for (kind, status), s in self._current().unfinished_runs.items()]
 
 
-class ArmCallMeter(CustomHookPolicy[Any, Any]):
-    """The management clients' ``custom_hook_policy``: it sits after their retry policy, so every
-    ARM request attempt (429s included) is counted, by subscription, method and status; the
-    per-operation ``raw_response_hook`` of a caller still runs first, as with the stock policy.
-    Requests outside a subscription count under ``none``."""
-
-    def on_response(self, request: PipelineRequest[Any], response: PipelineResponse[Any, Any]) -> None:
-        super().on_response(request, response)
-        http = request.http_request
-        current().arm_call(subscription_of(http.url), http.method, response.http_response.status_code)
-
-
 def subscription_of(url: str) -> str:
     """The subscription id in an ARM URL's path (lower-case), ``none`` when there is none."""
     parts = urlsplit(url).path.split("/")
@@ -354,7 +340,6 @@ def _auth_fields(text: str) -> dict[str, str]:
 __all__ = [
     "BINDING_STATES",
     "METRIC_NAMES",
-    "ArmCallMeter",
     "BindingGauge",
     "EstateSnapshot",
     "Metrics",
