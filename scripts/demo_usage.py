@@ -101,4 +101,12 @@ def run_usage_demo(stack: StackLike, *, step: Callable[..., None], check: Callab
     step("11. blast radius beyond the inventory",
          f"{old}: unknown caller {STRANGER}, {callers[0]['succeeded']} successful calls, last {entry['lastCall']}; "
          f"known users: {len(entry['knownUsers'])}")
+    dry = _cli(evidence, "revoke", "--key", key_uri, "--mode", "disable", "--reason", "drill", "--ticket", "SEC-302",
+               "--dry-run", "--json")
+    check(dry.returncode == 0, dry.stdout + dry.stderr)
+    plan = json.loads(dry.stdout)
+    unknown = plan.get("unknownIdentities") or []
+    check([u["objectId"] for u in unknown] == [STRANGER], plan)
+    step("12. revoke dry run", f"{plan['summary']['affected']} inventoried binding(s) reached, and beside them the "
+         f"unknown identity {STRANGER} ({unknown[0]['succeeded']} successful calls, last {unknown[0]['lastCall']})")
     stack.admin("DELETE", "/sandbox/consumers")
