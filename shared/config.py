@@ -208,20 +208,11 @@ def _number(env: Mapping[str, str], name: str, default: float, *, minimum: float
 
 
 def _optional_number(env: Mapping[str, str], name: str, *, minimum: float, maximum: float = math.inf) -> float | None:
-    """A finite number within [minimum, maximum], or ``None`` when unset; NaN and infinities
-    are refused (``float()`` accepts both, and NaN would pass any comparison)."""
+    """As :func:`_number`, with ``None`` when the setting is unset or blank (an optional cap)."""
     raw = env.get(name)
     if raw is None or not raw.strip():
         return None
-    try:
-        value = float(raw)
-    except ValueError as err:
-        raise ConfigError(f"{name}: {raw!r} is not a number") from err
-    if not math.isfinite(value):
-        raise ConfigError(f"{name}: {raw!r} is not a finite number")
-    if value < minimum or value > maximum:
-        raise ConfigError(f"{name}: {value} is outside [{minimum}, {maximum}]")
-    return value
+    return _number(env, name, minimum, minimum=minimum, maximum=maximum)
 
 
 def _optional_integer(env: Mapping[str, str], name: str, *, minimum: int, maximum: int) -> int | None:
