@@ -44,7 +44,7 @@ from shared.auth import ROLE_REVOKE, Principal
 from shared.config import load_settings
 from shared.keyuri import parse_key_uri
 from shared.notify import RecordingNotifier
-from shared.runbooks import RevokeRequest, runbooks_for
+from shared.runbooks import RevokeRequest, Runbooks
 from shared.workqueue import MemoryQueue
 from tests.memory_journal import MemoryJournal
 
@@ -86,7 +86,7 @@ def one_run(*, versions: int, services: int, latency_ms: float, concurrency: int
             checks["enabled_after_act"] = sum(1 for v in key.versions.values() if v.enabled)
             checks["clock_moved_before_act_s"] = (world.clock.now() - clock_at_start).total_seconds()
 
-    books = runbooks_for(app, hook=hook)
+    books = Runbooks(app.runbooks.deps, hook=hook)
     key = parse_key_uri(f"{vault_url}/keys/{KEY}", allowed_vaults=settings.vaults)
     seq = world.last_seq
     started = time.perf_counter()

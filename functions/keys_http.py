@@ -25,7 +25,7 @@ MAX_TEXT = 2000
 @bp.route(route="retire", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
 def retire_version(req: func.HttpRequest) -> func.HttpResponse:
     def handle(principal: Principal, audit: Audit) -> func.HttpResponse:
-        from shared.retention import RetentionRefused, disable_version  # noqa: PLC0415 - cold start: on first use
+        from shared.retention import RetentionRefused  # noqa: PLC0415 - cold start: on first use
 
         app = get_app()
         body = check_fields(read_json_body(req), required={"key": str, "reason": str, "ticket": str},
@@ -33,8 +33,8 @@ def retire_version(req: func.HttpRequest) -> func.HttpResponse:
         key = parse_key_uri(body["key"], allowed_vaults=app.settings.vaults, require_version=True)
         audit.key = key.uri
         try:
-            done = disable_version(app, key, reason=body["reason"], ticket=body["ticket"],
-                                   caller=f"{principal.name} ({principal.object_id})")
+            done = app.retention.disable_version(key, reason=body["reason"], ticket=body["ticket"],
+                                                 caller=f"{principal.name} ({principal.object_id})")
         except RetentionRefused as err:
             audit.outcome = "refused-by-retention-rule"
             return json_response(409, {"error": {"code": "RetentionRuleBlocks", "message": str(err)},
@@ -52,9 +52,7 @@ def preflight_check(req: func.HttpRequest) -> func.HttpResponse:
         unknown = sorted(set(req.params) - {FUNCTION_KEY_PARAM})
         if unknown:
             raise ValidationError(f"unknown query parameter {unknown[0]!r}", field=unknown[0])
-        from shared.preflight import run_check  # noqa: PLC0415 - cold start: on first use
-
-        doc = run_check(get_app())
+        doc = get_app().preflight.check()
         audit.outcome = "ok" if doc["ok"] else "violations"
         return json_response(200, doc)
 
@@ -71,8 +69,6 @@ def key_status_route(req: func.HttpRequest) -> func.HttpResponse:
             raise ValidationError(f"unknown query parameter {unknown[0]!r}", field=unknown[0])
         key = parse_key_uri(req.params.get("key"), allowed_vaults=app.settings.vaults, require_version=False)
         audit.key = key.uri
-        from shared.retention import key_status  # noqa: PLC0415 - cold start: on first use
-
-        return json_response(200, key_status(app, key))
+        return json_response(200, app.retention.key_status(key))
 
     return guarded(req, role=ROLE_READ, operation="key-status", handler=handle)

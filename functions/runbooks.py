@@ -82,7 +82,7 @@ def revoke(req: func.HttpRequest) -> func.HttpResponse:
     """POST /api/revoke: a dry run (200, the blast radius) or a revocation (202, the run)."""
 
     def handle(principal: Principal, audit: Audit) -> func.HttpResponse:
-        from shared.runbooks import MODES, RevokeRequest, runbooks_for  # noqa: PLC0415 - on first use (cold start)
+        from shared.runbooks import MODES, RevokeRequest  # noqa: PLC0415 - on first use (cold start)
 
         app = get_app()
         body = check_fields(
@@ -96,7 +96,7 @@ def revoke(req: func.HttpRequest) -> func.HttpResponse:
         audit.key = key.uri
         if body["mode"] not in MODES:
             raise ValidationError(f"mode must be one of {', '.join(MODES)}", field="mode")
-        books = runbooks_for(app)
+        books = app.runbooks
         if body["dryRun"]:
             audit.outcome = "dry-run"
             return json_response(200, books.plan(key, body["mode"]))
@@ -116,13 +116,13 @@ def restore(req: func.HttpRequest) -> func.HttpResponse:
     """POST /api/restore: undoes one finished revocation (202), at most once (200 duplicate)."""
 
     def handle(principal: Principal, audit: Audit) -> func.HttpResponse:
-        from shared.runbooks import RestoreRequest, runbooks_for  # noqa: PLC0415 - on first use (cold start)
+        from shared.runbooks import RestoreRequest  # noqa: PLC0415 - on first use (cold start)
 
         body = check_fields(read_json_body(req), required={"run": str, "reason": str, "ticket": str},
                             max_text=MAX_REASON)
         if len(body["run"]) > MAX_RUN_ID:
             raise ValidationError("run is not a run id", field="run")
-        books = runbooks_for(get_app())
+        books = get_app().runbooks
         view = books.restore(RestoreRequest(run_id=body["run"], reason=body["reason"], ticket=body["ticket"]),
                              principal, budget=HTTP_WAIT_BUDGET)
         audit.key, audit.run = view.run.key, view.run.run_id
@@ -138,10 +138,9 @@ def get_run(req: func.HttpRequest) -> func.HttpResponse:
     """GET /api/runs/{id}: the run (kind, who, why, ticket, status) with its steps."""
 
     def handle(_principal: Principal, audit: Audit) -> func.HttpResponse:
-        from shared.runbooks import runbooks_for  # noqa: PLC0415 - on first use (cold start)
 
         audit.run = _run_id(req)
-        view = runbooks_for(get_app()).get(audit.run)
+        view = get_app().runbooks.get(audit.run)
         audit.key = view.run.key
         return json_response(200, view.as_dict())
 
@@ -154,7 +153,6 @@ def list_runs(req: func.HttpRequest) -> func.HttpResponse:
     """GET /api/runs[?key=URI][&limit=N]: runs newest first."""
 
     def handle(_principal: Principal, audit: Audit) -> func.HttpResponse:
-        from shared.runbooks import runbooks_for  # noqa: PLC0415 - on first use (cold start)
 
         app = get_app()
         unknown = sorted(set(req.params) - {"key", "limit", FUNCTION_KEY_PARAM})
@@ -167,7 +165,7 @@ def list_runs(req: func.HttpRequest) -> func.HttpResponse:
         # ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
         if not _LIMIT.fullmatch(raw_limit) or not 1 <= int(raw_limit) <= MAX_LIST:
             raise ValidationError(f"limit must be a number from 1 to {MAX_LIST}", field="limit")
-        runs = runbooks_for(app).runs(key, limit=int(raw_limit))
+        runs = app.runbooks.runs(key, limit=int(raw_limit))
         return json_response(200, {"runs": [_run_summary(r) for r in runs]})
 
     return guarded(req, role=ANY_RUNBOOK_ROLE, operation="list-runs", handler=handle)
@@ -180,11 +178,10 @@ def approve_run(req: func.HttpRequest) -> func.HttpResponse:
     waits under the two-person rule (202)."""
 
     def handle(principal: Principal, audit: Audit) -> func.HttpResponse:
-        from shared.runbooks import runbooks_for  # noqa: PLC0415 - on first use (cold start)
 
         audit.run = _run_id(req)
         check_fields(read_json_body(req, allow_empty=True), required={})  # nothing to say but "yes"
-        view = runbooks_for(get_app()).approve(audit.run, principal, budget=HTTP_WAIT_BUDGET)
+        view = get_app().runbooks.approve(audit.run, principal, budget=HTTP_WAIT_BUDGET)
         audit.key, audit.outcome = view.run.key, view.run.status
         return _run_answer(view)
 

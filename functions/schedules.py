@@ -10,8 +10,7 @@ import azure.functions as func
 import structlog
 
 from functions._root import get_app
-from shared import metrics
-from shared.errors import PermanentError, TransientError
+from shared.errors import TransientError
 
 bp = func.Blueprint()  # type: ignore[no-untyped-call]  # azure-functions leaves __init__ unannotated
 log = structlog.get_logger("keysteward.timers")
@@ -29,36 +28,20 @@ def rotation_schedule(timer: func.TimerRequest) -> None:
 @bp.function_name("reconcile_schedule")
 @bp.timer_trigger(arg_name="timer", schedule="%KEYSTEWARD_RECONCILE_SCHEDULE%", use_monitor=True)
 def reconcile_schedule(timer: func.TimerRequest) -> None:
+    """The hold, the full reconcile, the retention sweep, unfinished runbooks and the gauges:
+    one call (:meth:`shared.app.Keysteward.timer_pass`); any error fails the invocation so the
+    platform records it, and the next pass tries again."""
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(timer="reconcile", past_due=timer.past_due)
-    app = get_app()
-    # The hold first: any version enabled (or access re-added) under a revocation in force goes
-    # dark again before anything else looks at the key. A failure is reported with the others below.
-    hold_errors: list[str] = []
-    try:
-        held = app.hold()
-    except (TransientError, PermanentError) as err:
-        held, hold_errors = [], [f"hold: {err}"]
-    if held:
-        log.warning("hold-pass", revocations=len(held))
-    results = app.reconcile_all()
-    log.info("reconcile-pass", keys=len(results), started=sum(len(r.started) for r in results),
-             failed=sum(len(r.failed) for r in results))
-    # Retention: recover keys deleted while in use, repair drift, retire eligible old versions.
-    from shared.estate import measure_estate  # noqa: PLC0415
-    from shared.retention import maintenance_pass  # noqa: PLC0415 - cold start: the core loads on first use
-    from shared.runbooks import ResumeReport, resume_unfinished  # noqa: PLC0415
-
-    sweep = maintenance_pass(app)
-    log.info("retention-pass", run=sweep.run, retired=len(sweep.retired), repaired=len(sweep.repaired),
-             recovered=len(sweep.recovered), errors=len(sweep.errors))
-    # Runbooks interrupted, or waiting on verification, go on from where their journal says.
-    # (A Functions app always has AzureWebJobsStorage; an app without it has no runs to resume.)
-    report = resume_unfinished(app) if app.has_journal else ResumeReport()
-    log.info("runbooks-resumed", runs=len(report.views), errors=len(report.errors))
-    metrics.current().runs_resumed(report.views)
-    measure_estate(app)  # the gauges (lag, binding states, retirement, revocations) follow the estate
-    problems = [*hold_errors, *sweep.errors, *report.errors]
-    if problems:
-        # Fail the invocation so the platform records it; the next pass tries again.
-        raise TransientError(f"timer pass finished with {len(problems)} error(s): {problems[0]}")
+    report = get_app().timer_pass()
+    if report.held:
+        log.warning("hold-pass", revocations=len(report.held))
+    log.info("reconcile-pass", keys=len(report.passes), started=sum(len(r.started) for r in report.passes),
+             failed=sum(len(r.failed) for r in report.passes))
+    if report.sweep is not None:
+        sweep = report.sweep
+        log.info("retention-pass", run=sweep.run, retired=len(sweep.retired), repaired=len(sweep.repaired),
+                 recovered=len(sweep.recovered), purged=len(sweep.purged), errors=len(sweep.errors))
+    log.info("runbooks-resumed", runs=len(report.resumed.views), errors=len(report.resumed.errors))
+    if report.errors:
+        raise TransientError(f"timer pass finished with {len(report.errors)} error(s): {report.errors[0]}")

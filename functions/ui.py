@@ -63,12 +63,10 @@ def ui_estate(req: func.HttpRequest) -> func.HttpResponse:
     def handle(_principal: Principal, _audit: Audit) -> func.HttpResponse:
         _only(req)
         from functions import ui_render  # noqa: PLC0415 - the page and the core load on first use (cold start)
-        from shared.estate import read_estate  # noqa: PLC0415
-        from shared.runbooks import runbooks_for  # noqa: PLC0415
 
         app = get_app()
-        estate = read_estate(app)
-        runs = runbooks_for(app).runs(limit=RECENT_RUNS)
+        estate = app.estate.read()
+        runs = app.runbooks.runs(limit=RECENT_RUNS)
         nonce = secrets.token_urlsafe(16)
         return html_response(ui_render.estate_page(estate, runs, nonce=nonce), nonce)
 
@@ -83,17 +81,15 @@ def ui_key(req: func.HttpRequest) -> func.HttpResponse:
     def handle(_principal: Principal, audit: Audit) -> func.HttpResponse:
         _only(req, "key")
         from functions import ui_render  # noqa: PLC0415 - the page and the core load on first use (cold start)
-        from shared.estate import read_estate  # noqa: PLC0415
-        from shared.runbooks import runbooks_for  # noqa: PLC0415
 
         app = get_app()
         key = parse_key_uri(req.params.get("key"), allowed_vaults=app.settings.vaults, require_version=False)
         key = key.versionless()
         audit.key = key.uri
-        view = read_estate(app, key=key).keys[0]
+        view = app.estate.read(key=key).keys[0]
         if not view.versions and not view.bindings:  # a key in use but deleted is still shown
             raise NotFoundError(view.error or f"{key}: no such key", code="KeyNotFound", status=404)
-        runs = runbooks_for(app).runs(key, limit=RECENT_RUNS)
+        runs = app.runbooks.runs(key, limit=RECENT_RUNS)
         nonce = secrets.token_urlsafe(16)
         return html_response(ui_render.key_page(view, runs, nonce=nonce), nonce)
 
@@ -108,7 +104,7 @@ def ui_blast_radius(req: func.HttpRequest) -> func.HttpResponse:
     def handle(_principal: Principal, audit: Audit) -> func.HttpResponse:
         _only(req, "key", "mode")
         from functions import ui_render  # noqa: PLC0415 - the page and the core load on first use (cold start)
-        from shared.runbooks import MODES, runbooks_for  # noqa: PLC0415
+        from shared.runbooks import MODES  # noqa: PLC0415
 
         app = get_app()
         key = parse_key_uri(req.params.get("key"), allowed_vaults=app.settings.vaults)
@@ -116,7 +112,7 @@ def ui_blast_radius(req: func.HttpRequest) -> func.HttpResponse:
         mode = req.params.get("mode", "")
         if mode not in MODES:
             raise ValidationError(f"mode must be one of {', '.join(MODES)}", field="mode")
-        doc = runbooks_for(app).plan(key, mode)
+        doc = app.runbooks.plan(key, mode)
         nonce = secrets.token_urlsafe(16)
         return html_response(ui_render.blast_page(doc, nonce=nonce), nonce)
 
@@ -131,7 +127,6 @@ def ui_run(req: func.HttpRequest) -> func.HttpResponse:
     def handle(_principal: Principal, audit: Audit) -> func.HttpResponse:
         _only(req, "part")
         from functions import ui_render  # noqa: PLC0415 - the page and the core load on first use (cold start)
-        from shared.runbooks import runbooks_for  # noqa: PLC0415
 
         run_id = str(req.route_params.get("id") or "").strip()
         if not run_id or len(run_id) > MAX_RUN_ID:
@@ -140,7 +135,7 @@ def ui_run(req: func.HttpRequest) -> func.HttpResponse:
         if part not in (None, "live"):
             raise ValidationError("part must be 'live'", field="part")
         audit.run = run_id
-        view = runbooks_for(get_app()).get(run_id)
+        view = get_app().runbooks.get(run_id)
         audit.key = view.run.key
         nonce = secrets.token_urlsafe(16)
         body = ui_render.run_live(view) if part == "live" else ui_render.run_page(view, nonce=nonce)

@@ -8,60 +8,53 @@ trigger parses its binding, calls one method, and maps the result back.
 from __future__ import annotations
 
 import functools
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 from azure.core.credentials import TokenCredential
 from azure.core.pipeline.transport import HttpTransport
 
+from shared import metrics
 from shared.clients import ClientFactory, factory_for, pacer_for
 from shared.clock import Clock, RemoteSandboxClock, SystemClock
 from shared.config import Settings
-from shared.errors import ConfigError, TransientError, ValidationError
+from shared.errors import ConfigError, PermanentError, TransientError
+from shared.estate import Estate, EstateReader
 from shared.events import IgnoredEvent, KeyEventType, KeyVaultEvent
 from shared.idempotency import (
     Claim,
     IdempotencyStore,
     MemoryIdempotencyStore,
-    PassMark,
     TableIdempotencyStore,
-    covers,
 )
-from shared.inventory import ArmInventory, Inventory, ResourceGraphInventory, bindings_of_key, by_key
+from shared.inventory import ArmInventory, Inventory, ResourceGraphInventory
 from shared.journal import Journal, from_connection_string, from_identity
 from shared.keyvault import KeyStore, SdkKeyStore
 from shared.model import Binding, KeyRef, ServiceType
-from shared.notify import EventGridNotifier, LogNotifier, Notifier, Outcome
+from shared.notify import EventGridNotifier, LogNotifier, Notifier
 from shared.pacing import Pacer
+from shared.preflight import Preflight
+from shared.propagation import MAX_CARRIED_RESOURCES, EventResult, Propagation
 from shared.reconcile import PassResult, Reconciler, WriteBudget
+from shared.retirement import Retention, SweepResult
 from shared.rotation import RotationResult, Rotator
+from shared.runbooks import Deps, Hold, HoldAct, InForce, Records, ResumeReport, Runbooks, resume_unfinished
 from shared.targets import Target, build_targets
-from shared.usage import NoUsageEvidence, UsageSource
+from shared.usage import UsageSource
 from shared.usage import from_settings as usage_from_settings
 from shared.vaultaccess import VaultAccess
-from shared.workqueue import MAX_CONFIRM_ATTEMPTS, MemoryQueue, StorageWorkQueue, WorkItem, WorkQueue, confirm_delay
+from shared.vaults import find_vaults
+from shared.workqueue import MemoryQueue, StorageWorkQueue, WorkItem, WorkQueue
 
-if TYPE_CHECKING:
-    from shared.runbooks import Hold, InForce, Runbooks
-
-
-@dataclass
-class EventResult:
-    """What handling one Key Vault event did (for the trigger's log line and tests)."""
-
-    action: str  # reconciled | fanned-out | rotated | notified | ignored | skipped | duplicate | coalesced
-    detail: str = ""
-    passes: list[PassResult] = field(default_factory=list)
-    enqueued: list[WorkItem] = field(default_factory=list)
-    rotation: RotationResult | None = None
+NO_STORAGE = ("runbooks need durable storage: set AzureWebJobsStorage (a connection string, or __accountName for "
+              "identity-based access); nothing was done")
 
 
 class Keysteward:
-    """keysteward's use cases over injected dependencies."""
+    """keysteward's use cases over the services :func:`build` wires once."""
 
     def __init__(
         self,
@@ -73,15 +66,20 @@ class Keysteward:
         inventory: Inventory,
         notifier: Notifier,
         queue: WorkQueue,
+        idempotency: IdempotencyStore,
+        reconciler: Reconciler,
+        propagation: Propagation,
+        rotator: Rotator,
+        retention: Retention,
+        preflight: Preflight,
+        estate: EstateReader,
+        records: Records,
+        journal: Journal | None,
+        runbooks: Runbooks | None,
+        usage: UsageSource,
         clients: ClientFactory | None = None,
-        budget: WriteBudget | None = None,
-        journal: Journal | Callable[[], Journal] | None = None,
-        idempotency: IdempotencyStore | None = None,
-        usage: UsageSource | None = None,
     ) -> None:
         self.settings = settings
-        # Usage evidence from Key Vault audit logs (shared/usage.py); none unless configured.
-        self.usage: UsageSource = usage if usage is not None else NoUsageEvidence()
         self.clock = clock
         self.keys = keys
         self.targets = targets
@@ -89,85 +87,58 @@ class Keysteward:
         self.notifier = notifier
         self.queue = queue
         self.clients = clients
+        # Usage evidence from Key Vault audit logs (shared/usage.py); NoUsageEvidence unless configured.
+        self.usage = usage
         # Handled event ids and the last pass per key (duplicates and bursts coalesce).
-        self.idempotency: IdempotencyStore = idempotency or MemoryIdempotencyStore(clock, ttl=settings.event_dedup)
-        # The runbook journal: given, built on first use by a factory, or kept in memory.
-        self._journal: Journal | None = None if callable(journal) else journal
-        self._journal_factory: Callable[[], Journal] | None = journal if callable(journal) else None
-        self._journal_lock = threading.Lock()
-        self._runbooks: Runbooks | None = None
-        self.reconciler = Reconciler(
-            settings=settings, keys=keys, targets=targets, inventory=inventory,
-            notifier=notifier, clock=clock, budget=budget, usage=self.usage,
-        )
-        self.rotator = Rotator(settings=settings, keys=keys, notifier=notifier, clock=clock,
-                               revoked_by=self.revocation_in_force)
+        self.idempotency = idempotency
+        self.reconciler = reconciler
+        self.rotator = rotator
+        self.propagation = propagation
+        self.retention = retention
+        self.preflight = preflight
+        self.estate = estate
+        self.records = records
+        self._journal = journal
+        self._runbooks = runbooks
+        self._hold = Hold(runbooks.deps) if runbooks is not None else None
         self.log = structlog.get_logger("keysteward")
 
     @property
     def has_journal(self) -> bool:
-        """Whether a durable journal is configured (given, or built from AzureWebJobsStorage)."""
-        return self._journal is not None or self._journal_factory is not None
+        """Whether a durable journal is configured (AzureWebJobsStorage, or given to build)."""
+        return self._journal is not None
 
     @property
     def journal(self) -> Journal:
-        """The runbook journal (runs, steps, leases, revocations in force); a factory given to the
-        constructor runs on first use, so building the app does no Storage I/O.
+        """The runbook journal (runs, steps, leases, revocations in force).
 
         Raises ConfigError when no storage is configured: runbooks never journal in process
         memory (no other instance would see the run or its lease, and it could never be restored).
         """
-        with self._journal_lock:
-            if self._journal is None:
-                factory = self._journal_factory
-                if factory is None:
-                    raise ConfigError("runbooks need durable storage: set AzureWebJobsStorage (a connection "
-                                      "string, or __accountName for identity-based access); nothing was done")
-                self._journal = factory()
-            return self._journal
+        if self._journal is None:
+            raise ConfigError(NO_STORAGE)
+        return self._journal
 
     @property
     def runbooks(self) -> Runbooks:
-        """The runbooks over this app's dependencies, built once. Raises ConfigError without a
-        durable journal or a client factory (before anything touches Azure)."""
-        from shared.runbooks import Runbooks  # noqa: PLC0415 - the runbooks import the app's types
-
+        """The runbooks, built once by :func:`build`. Raises ConfigError without a durable journal
+        (before anything touches Azure)."""
         if self._runbooks is None:
-            if self.clients is None:
-                raise ConfigError("the runbooks need the app's client factory (build the app with shared.app.build)")
-            self._runbooks = Runbooks(
-                settings=self.settings, clock=self.clock, keys=self.keys, targets=self.targets,
-                inventory=self.inventory, notifier=self.notifier, journal=self.journal,
-                vault_access=VaultAccess(self.clients, subscriptions=self.settings.subscriptions),
-                usage=self.usage,
-            )
+            raise ConfigError(NO_STORAGE)
         return self._runbooks
 
     def revocation(self, key: KeyRef) -> InForce | None:
         """The revocation in force on ``key`` (one record lookup; see :mod:`shared.runbooks.records`)."""
-        from shared.runbooks import Records  # noqa: PLC0415 - the runbooks import the app's types
-
-        return Records(journal=lambda: self.journal if self.has_journal else None, keys=self.keys).in_force(key)
+        return self.records.in_force(key)
 
     def revocation_in_force(self, key: KeyRef) -> str | None:
-        """The run id of a revocation in force on ``key``; ``None`` when none.
+        """The run id of a revocation in force on ``key``; ``None`` when none."""
+        return self.records.run_in_force(key)
 
-        While one is in force, reconcile moves no binding of the key, rotation creates no
-        version, and retention neither re-enables nor retires: a revoked key stays dark until
-        its own restore.
-        """
-        found = self.revocation(key)
-        return found.run_id if found is not None else None
-
-    def hold(self, key: KeyRef | None = None) -> list[Any]:
+    def hold(self, key: KeyRef | None = None) -> list[HoldAct]:
         """Enforces the revocations in force on ``key`` (all of them when ``None``); see
         :mod:`shared.runbooks.hold`. Nothing to do without a journal (no revocation can be recorded)."""
-        if not self.has_journal:
-            return []
-        from shared.runbooks import Hold  # noqa: PLC0415 - the runbooks import the app's types
-
-        hold: Hold = Hold(self.runbooks.deps)
-        return list(hold.enforce(key))
+        return list(self._hold.enforce(key)) if self._hold is not None else []
 
     # ---- scope ------------------------------------------------------------------------------
     def in_scope(self, key: KeyRef) -> bool:
@@ -204,9 +175,8 @@ class Keysteward:
         return result
 
     def key_bindings(self, key: KeyRef) -> list[Binding]:
-        """The bindings of ``key`` in the watched subscriptions, reading only what the inventory
-        allows: one filtered Resource Graph query, or the ARM lists filtered here."""
-        return bindings_of_key(self.inventory, key, self.settings.subscriptions)
+        """The bindings of ``key`` in the watched subscriptions (see :meth:`Propagation.bindings`)."""
+        return self.propagation.bindings(key)
 
     def _on_new_version(self, event: KeyVaultEvent) -> EventResult:
         key = event.key.versionless()
@@ -215,29 +185,7 @@ class Keysteward:
         for act in self.hold(key):
             self.log.warning("new-version-held", event_id=event.event_id, key=key.uri, run=act.run_id,
                              disabled=list(act.disabled))
-        if covers(self.idempotency.last_pass(key.uri), version=event.key.version, event_time=event.event_time):
-            # A pass since this event's version appeared already moved every binding to the
-            # key's current version: one pass for a burst of events.
-            self.log.info("event-coalesced", event_id=event.event_id, key=str(key), version=event.key.version)
-            return EventResult("coalesced", "a pass already reconciled this version or a newer one")
-        bindings = self.key_bindings(key)
-        subs = sorted({b.subscription for b in bindings})
-        if len(subs) > 1:
-            current = self.keys.current(key)
-            items = [WorkItem(key.uri, sub, event_id=event.event_id,
-                              resources=_carried([b for b in bindings if b.subscription == sub]))
-                     for sub in subs]
-            for item in items:
-                self.queue.put(item)
-            self.idempotency.mark_pass(key.uri, PassMark(current.version, current.created))
-            return EventResult("fanned-out", f"{len(items)} subscriptions", enqueued=items)
-        result = self.reconciler.reconcile_key(key, bindings=bindings, event_id=event.event_id,
-                                               revoked_by=self.revocation_in_force(key))
-        enqueued = self._follow_up(WorkItem(key.uri, subs[0] if subs else "", event_id=event.event_id,
-                                            resources=_carried(bindings)), result)
-        if result.current is not None and not result.failed:
-            self.idempotency.mark_pass(key.uri, PassMark(result.current.version, result.current.created))
-        return EventResult("reconciled", "", passes=[result], enqueued=enqueued)
+        return self.propagation.new_version(event, revoked_by=self.revocation_in_force)
 
     def _on_near_expiry(self, event: KeyVaultEvent) -> EventResult:
         r = self.rotator.on_near_expiry(event.key, event_version=event.key.version, event_id=event.event_id)
@@ -254,70 +202,19 @@ class Keysteward:
         KeyEventType.EXPIRED: _on_expired,
     }
 
-    # ---- work items ------------------------------------------------------------------------------
+    # ---- work items and timers ---------------------------------------------------------------------
     def process_work_item(self, item: WorkItem) -> PassResult:
         """One (key, subscription) pass; re-enqueues a confirm pass while updates are running."""
-        from shared.keyuri import parse_key_uri  # noqa: PLC0415 - avoids an import cycle at start
+        return self.propagation.work_item(item, revoked_by=self.revocation_in_force)
 
-        key = parse_key_uri(item.key, allowed_vaults=self.settings.vaults, require_version=False)
-        result = self.reconciler.reconcile_key(
-            key, subscriptions=[item.subscription], event_id=item.event_id, started_before=item.started,
-            revoked_by=self.revocation_in_force(key),
-            bindings=self._read_resources(key, item) if item.resources
-            else bindings_of_key(self.inventory, key, [item.subscription]),
-        )
-        self._follow_up(item, result)
-        return result
+    def reconcile_all(self, *, dry_run: bool = False, key: KeyRef | None = None,
+                      errors: list[str] | None = None) -> list[PassResult]:
+        """Every bound key in scope (see :meth:`Propagation.reconcile_all`)."""
+        return self.propagation.reconcile_all(dry_run=dry_run, key=key, errors=errors,
+                                              revoked_by=self.revocation_in_force)
 
-    def _read_resources(self, key: KeyRef, item: WorkItem) -> list[Binding]:
-        """The bindings a work item carries, each read live (one GET per resource instead of
-        listing the subscription); a resource gone or moved to another key is left out."""
-        out: list[Binding] = []
-        for entry in item.resources:
-            service_text, _, resource_id = entry.partition(" ")
-            try:
-                target = self.targets[ServiceType(service_text)]
-            except (ValueError, KeyError) as err:
-                raise ValidationError(f"work item names an unknown service {service_text!r}",
-                                      field="resources") from err
-            binding = target.get_binding(resource_id)
-            if binding is not None and binding.key.key_id == key.key_id:
-                out.append(binding)
-        return out
-
-    def _follow_up(self, item: WorkItem, result: PassResult) -> list[WorkItem]:
-        if not result.pending or not item.subscription:
-            return []
-        if item.attempt >= MAX_CONFIRM_ATTEMPTS:
-            self.notifier.publish([Outcome("BindingNotConverged", item.key, {
-                "key": item.key, "subscription": item.subscription, "attempts": item.attempt}, "warning")])
-            return []
-        nxt = item.next_confirm(tuple(s.binding.resource_id for s in result.started))
-        expected = [s.expected_s for s in result.started if s.expected_s is not None]
-        self.queue.put(nxt, delay=confirm_delay(self.settings.confirm_delay, nxt.attempt,
-                                                expected=timedelta(seconds=max(expected)) if expected else None))
-        return [nxt]
-
-    # ---- timers ---------------------------------------------------------------------------------
     def all_bindings(self) -> list[Binding]:
         return self.inventory.bindings(self.settings.subscriptions)
-
-    def reconcile_all(self, *, dry_run: bool = False, key: KeyRef | None = None) -> list[PassResult]:
-        """Safety net for lost events: every bound key in scope, one inventory read for all.
-        A revoked key's bindings are not moved (the timer enforces the hold before this pass)."""
-        grouped = by_key(self.all_bindings())
-        results: list[PassResult] = []
-        for bindings in grouped.values():
-            ref = bindings[0].key
-            if not self.in_scope(ref) or (key is not None and ref.key_id != key.key_id):
-                continue
-            result = self.reconciler.reconcile_key(ref, bindings=bindings, dry_run=dry_run,
-                                                   revoked_by=self.revocation_in_force(ref))
-            results.append(result)
-            if not dry_run:
-                for sub in sorted({b.subscription for b in bindings}):
-                    self._follow_up(WorkItem(ref.uri, sub), result)
-        return results
 
     def managed_keys(self) -> list[KeyRef]:
         out: list[KeyRef] = []
@@ -329,18 +226,40 @@ class Keysteward:
         """Scheduled rotation of managed keys older than their maximum age."""
         return [self.rotator.rotate_if_old(k) for k in self.managed_keys()]
 
+    def timer_pass(self) -> TimerReport:
+        """The reconcile timer's pass, in order: the hold (what a revocation took goes dark again
+        before anything else looks at the key), the full reconcile that heals lost events, the
+        retention sweep, the runbooks left unfinished, and the estate's gauges.
 
-# A work item carries its bindings' ids when there are at most this many: reading each costs
-# one ARM read, while finding them again costs at least one list call per service type (and a
-# page per 100 resources of the subscription). More than this: the item reads its
-# subscription's bindings of the key through the inventory's filtered path instead.
-MAX_CARRIED_RESOURCES = 16
+        A failure of the hold, of one key in the sweep or of one run does not stop the rest; the
+        report lists them (the trigger then fails its invocation, so the platform records it).
+        """
+        report = TimerReport()
+        try:
+            report.held = self.hold()
+        except (TransientError, PermanentError) as err:
+            report.errors.append(f"hold: {err}")
+        report.passes = self.reconcile_all(errors=report.errors)
+        report.sweep = self.retention.sweep()
+        report.errors.extend(report.sweep.errors)
+        if self._runbooks is not None:
+            report.resumed = resume_unfinished(self._runbooks)
+            report.errors.extend(f"run {run}: {err}" for run, err in report.resumed.errors.items())
+        metrics.current().runs_resumed(report.resumed.views)
+        report.estate = self.estate.measure()  # the gauges follow the estate
+        return report
 
 
-def _carried(bindings: list[Binding]) -> tuple[str, ...]:
-    if len(bindings) > MAX_CARRIED_RESOURCES:
-        return ()
-    return tuple(f"{b.service.value} {b.resource_id}" for b in bindings)
+@dataclass
+class TimerReport:
+    """What one reconcile timer pass did (see :meth:`Keysteward.timer_pass`)."""
+
+    held: list[HoldAct] = field(default_factory=list)
+    passes: list[PassResult] = field(default_factory=list)
+    sweep: SweepResult | None = None
+    resumed: ResumeReport = field(default_factory=ResumeReport)
+    estate: Estate | None = None
+    errors: list[str] = field(default_factory=list)
 
 
 def _clock_for(settings: Settings) -> Clock:
@@ -372,18 +291,22 @@ def build(
     journal: Journal | None = None,
     pacer: Pacer | None = None,
 ) -> Keysteward:
-    """Wires every dependency for ``settings``; what is passed in replaces the default.
+    """The composition root: wires every dependency for ``settings`` once, and every service
+    (reconciler, rotator, retention, preflight, estate, runbooks) over them, keyword-only.
+    What is passed in replaces the default.
 
     ``pacer`` replaces the adaptive ARM pacer built from the settings (:mod:`shared.pacing`;
-    a benchmark passes one on its simulated clock); ``budget`` adds a static write limit. The work queue and the run
-    journal (a :class:`~shared.journal.TableJournal`, tables created on first use) go to the
-    storage account of ``AzureWebJobsStorage``, by connection string or, when only the
-    identity-based settings are given, with the app's credential; without either, to memory.
+    a benchmark passes one on its simulated clock); ``budget`` adds a static write limit. The work
+    queue, the idempotency table and the run journal (a :class:`~shared.journal.TableJournal`,
+    tables created on first use: building does no Storage I/O) go to the storage account of
+    ``AzureWebJobsStorage``, by connection string or, when only the identity-based settings are
+    given, with the app's credential. Without either: queue and idempotency in memory, and no
+    journal (the runbooks then refuse to run).
     """
     clock = clock or _clock_for(settings)
     clients = factory_for(settings, transport_factory=transport_factory, credential=credential,
                           polling_interval=polling_interval, pacer=pacer or _pacer_for(settings, clock))
-    targets = build_targets(clients)
+    targets = dict(build_targets(clients))
     inventory: Inventory = (
         ResourceGraphInventory(clients, targets) if settings.inventory == "resourcegraph"
         else ArmInventory(targets, clients)
@@ -401,15 +324,12 @@ def build(
             queue = StorageWorkQueue.with_identity(settings.storage_queue_uri, settings.work_queue, clients.credential)
         else:
             queue = MemoryQueue()
-    journal_source: Journal | Callable[[], Journal] | None = journal
-    if journal_source is None and settings.storage_connection:
-        journal_source = functools.partial(from_connection_string, settings.storage_connection, clock=clock,
-                                           table_prefix=settings.table_prefix)
-    elif journal_source is None and settings.storage_table_uri:
-        journal_source = functools.partial(from_identity, settings.storage_table_uri, clients.credential, clock=clock,
-                                           table_prefix=settings.table_prefix)
-
-    idempotency: IdempotencyStore | None = None
+    if journal is None and settings.storage_connection:
+        journal = from_connection_string(settings.storage_connection, clock=clock, table_prefix=settings.table_prefix)
+    elif journal is None and settings.storage_table_uri:
+        journal = from_identity(settings.storage_table_uri, clients.credential, clock=clock,
+                                table_prefix=settings.table_prefix)
+    idempotency: IdempotencyStore
     if settings.storage_connection:
         idempotency = TableIdempotencyStore.from_connection_string(
             settings.storage_connection, clock, table_prefix=settings.table_prefix, ttl=settings.event_dedup)
@@ -417,22 +337,43 @@ def build(
         idempotency = TableIdempotencyStore.from_identity(
             settings.storage_table_uri, clients.credential, clock, table_prefix=settings.table_prefix,
             ttl=settings.event_dedup)
-
+    else:
+        idempotency = MemoryIdempotencyStore(clock, ttl=settings.event_dedup)
     usage = usage_from_settings(settings, credential=clients.credential, clock=clock,
                                 transport_factory=transport_factory)
+    keys = SdkKeyStore(clients)
+    reconciler = Reconciler(settings=settings, keys=keys, targets=targets, inventory=inventory, notifier=notifier,
+                            clock=clock, budget=budget, usage=usage)
+    records = Records(journal=journal, keys=keys)
+    revoked_by = records.run_in_force
+    retention = Retention(settings=settings, clock=clock, keys=keys, inventory=inventory, notifier=notifier,
+                          usage=usage, revoked_by=revoked_by)
+    runbooks = None if journal is None else Runbooks(Deps(
+        settings=settings, clock=clock, keys=keys, targets=targets, inventory=inventory, notifier=notifier,
+        journal=journal, vaults=VaultAccess(clients, subscriptions=settings.subscriptions), usage=usage))
     return Keysteward(
         settings=settings,
-        usage=usage,
         clock=clock,
-        keys=SdkKeyStore(clients),
-        targets=dict(targets),
+        keys=keys,
+        targets=targets,
         inventory=inventory,
         notifier=notifier,
         queue=queue,
-        clients=clients,
-        budget=budget,
-        journal=journal_source,
         idempotency=idempotency,
+        reconciler=reconciler,
+        propagation=Propagation(settings=settings, keys=keys, targets=targets, inventory=inventory,
+                                notifier=notifier, queue=queue, idempotency=idempotency, reconciler=reconciler),
+        rotator=Rotator(settings=settings, keys=keys, notifier=notifier, clock=clock, revoked_by=revoked_by),
+        retention=retention,
+        preflight=Preflight(settings=settings, clock=clock, keys=keys, inventory=inventory,
+                            vaults=functools.partial(find_vaults, clients, settings.subscriptions, settings.vaults)),
+        estate=EstateReader(settings=settings, clock=clock, keys=keys, inventory=inventory, retention=retention,
+                            revoked_by=revoked_by, journal=journal),
+        records=records,
+        journal=journal,
+        runbooks=runbooks,
+        usage=usage,
+        clients=clients,
     )
 
 
@@ -455,4 +396,4 @@ def drain(app: Keysteward, queue: MemoryQueue, *, max_items: int = 10_000,
     return count
 
 
-__all__ = ["EventResult", "Keysteward", "build", "drain"]
+__all__ = ["MAX_CARRIED_RESOURCES", "EventResult", "Keysteward", "TimerReport", "build", "drain"]

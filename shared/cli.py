@@ -172,7 +172,7 @@ def status_render(status: dict[str, Any], *, now: Any, clock: str) -> list[Rende
             why.add_row(version if i == 0 or kept[i - 1][0] != version else "", humanize_text(b["message"]))
         out.append(why)
     # Usage evidence from Key Vault's audit logs (shared/usage.py): who called each version.
-    from shared.usage import evidence_line, status_lines  # noqa: PLC0415 - only with a status to show
+    from shared.evidence import evidence_line, status_lines  # noqa: PLC0415 - only with a status to show
 
     evidence = evidence_line(status)
     if evidence:
@@ -198,21 +198,17 @@ def status_render(status: dict[str, Any], *, now: Any, clock: str) -> list[Rende
 
 
 def cmd_status(app: Keysteward, args: argparse.Namespace, out: Output) -> int:
-    from shared.retention import key_status  # noqa: PLC0415 - heavier module, only here
-
     key = _key(app, args.key, require_version=False)
     with out.busy(f"reading {key.name}: versions, bound services, retention..."):
-        status = key_status(app, key)
+        status = app.retention.key_status(key)
         now = app.clock.now()
     out.emit(status, lambda: status_render(status, now=now, clock=out.clock_name))
     return EXIT_OK
 
 
 def cmd_check(app: Keysteward, args: argparse.Namespace, out: Output) -> int:  # noqa: ARG001 - handler signature
-    from shared.preflight import run_check  # noqa: PLC0415
-
     with out.busy("preflight: reading vaults, keys and bound services..."):
-        doc = run_check(app)
+        doc = app.preflight.check()
 
     def render() -> list[RenderableType]:
         head = "OK" if doc["ok"] else "PROBLEMS"
@@ -232,10 +228,8 @@ def cmd_check(app: Keysteward, args: argparse.Namespace, out: Output) -> int:  #
 
 
 def cmd_retire(app: Keysteward, args: argparse.Namespace, out: Output) -> int:
-    from shared.retention import maintenance_pass  # noqa: PLC0415
-
     with out.busy("retention pass: reading retire-managed keys..."):
-        result = maintenance_pass(app, dry_run=args.dry_run, repair=False)
+        result = app.retention.sweep(dry_run=args.dry_run, repair=False)
     doc = {**result.as_dict(), "dryRun": args.dry_run}
     verb = "would retire" if args.dry_run else "retired"
 
@@ -257,11 +251,12 @@ def cmd_retire(app: Keysteward, args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_disable(app: Keysteward, args: argparse.Namespace, out: Output) -> int:
-    from shared.retention import RetentionRefused, disable_version  # noqa: PLC0415
+    from shared.retention import RetentionRefused  # noqa: PLC0415
 
     key = _key(app, args.key, require_version=True)
     try:
-        doc = disable_version(app, key, reason=args.reason, ticket=args.ticket, caller=os.environ.get("USER", "cli"))
+        doc = app.retention.disable_version(key, reason=args.reason, ticket=args.ticket,
+                                            caller=os.environ.get("USER", "cli"))
     except RetentionRefused as err:
         blockers = err.verdict.blockers
         refused = {"key": str(key), "disabled": False, "refused": True, **err.verdict.as_dict()}

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -25,11 +27,8 @@ def _factory(*_args: object) -> _StderrLogger:
     return _StderrLogger()
 
 
-def configure(*, json: bool | None = None, level: int = logging.INFO) -> None:
-    global _configured  # noqa: PLW0603 - logging is process-wide by nature
-    if _configured:
-        return
-    as_json = (not sys.stdout.isatty()) if json is None else json
+def _structlog(*, as_json: bool, level: int, factory: Callable[..., Any], cache: bool) -> None:
+    """The one processor chain: context, level, UTC ISO time, then JSON or console lines."""
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer(colors=False)
     )
@@ -41,9 +40,17 @@ def configure(*, json: bool | None = None, level: int = logging.INFO) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=_factory,
-        cache_logger_on_first_use=True,
+        logger_factory=factory,
+        cache_logger_on_first_use=cache,
     )
+
+
+def configure(*, json: bool | None = None, level: int = logging.INFO) -> None:
+    global _configured  # noqa: PLW0603 - logging is process-wide by nature
+    if _configured:
+        return
+    _structlog(as_json=(not sys.stdout.isatty()) if json is None else json, level=level, factory=_factory,
+               cache=True)
     _configured = True
 
 
@@ -76,25 +83,12 @@ def configure_cli(*, verbose: bool, log_dir: Path, level: int = logging.INFO) ->
             path.touch()
         except OSError:
             path = None
-    renderer: structlog.types.Processor = (
-        structlog.dev.ConsoleRenderer(colors=False) if path is None else structlog.processors.JSONRenderer()
-    )
     target = path
 
     def factory(*_args: object) -> _StderrLogger | _FileLogger:
         return _StderrLogger() if target is None else _FileLogger(target)
 
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=factory,
-        cache_logger_on_first_use=False,
-    )
+    _structlog(as_json=path is not None, level=level, factory=factory, cache=False)
     # The Azure SDKs log through the standard library: warnings and errors to the same place.
     handler: logging.Handler = logging.StreamHandler() if path is None else logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))

@@ -9,11 +9,17 @@ and a rotation policy where keysteward is to rotate.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from datetime import datetime
+from typing import Any
 
+from shared.clock import Clock
+from shared.config import Settings
 from shared.errors import KeystewardError
-from shared.inventory import by_key
+from shared.inventory import Inventory, by_key
+from shared.keyvault import KeyStore
 from shared.model import Binding, KeyVersion
 from shared.reconcile import ACCEPTED_KEY_TYPES
 from shared.rotation import managed_max_age
@@ -24,11 +30,7 @@ from shared.targets import (
     vault_retention_days,
     vault_same_region,
 )
-from shared.vaults import VaultInfo, find_vaults
-
-if TYPE_CHECKING:
-    from shared.app import Keysteward
-
+from shared.vaults import VaultInfo
 
 
 @dataclass(frozen=True)
@@ -63,10 +65,9 @@ def _vault_findings(vault_url: str, info: VaultInfo | None, bindings: list[Bindi
 
 
 def _key_findings(
-    app: Keysteward, current: KeyVersion, bindings: list[Binding], info: VaultInfo | None
+    current: KeyVersion, bindings: list[Binding], info: VaultInfo | None, *, now: datetime, settings: Settings,
+    rotation_policy: Callable[[], list[str]],
 ) -> list[Finding]:
-    now = app.clock.now()
-    settings = app.settings
     key_uri = current.ref.versionless().uri
     out: list[Finding] = []
     if current.not_before is not None and current.not_before > now:
@@ -110,7 +111,7 @@ def _key_findings(
                 out.append(Finding("violation", rid, "access",
                                    f"identity {b.principal_id} lacks {'/'.join(needed)} on the vault"))
     if managed_max_age(current.ref.versionless(), current, settings) is not None:
-        policy = app.keys.rotation_policy(current.ref.versionless())
+        policy = rotation_policy()
         if not policy:
             out.append(Finding("warning", key_uri, "rotation-policy",
                                "keysteward rotates this key but it has no Key Vault rotation policy "
@@ -118,34 +119,41 @@ def _key_findings(
     return out
 
 
-def run_check(app: Keysteward) -> dict[str, Any]:
-    """Every finding, and ``ok`` False when any is a violation."""
-    bindings = [b for b in app.all_bindings() if app.in_scope(b.key)]
-    grouped = by_key(bindings)
-    vaults = find_vaults(app.clients, app.settings.subscriptions, app.settings.vaults) if app.clients else {}
-    findings: list[Finding] = []
-    for vault_url in app.settings.vaults:
-        findings.extend(_vault_findings(vault_url, vaults.get(vault_url),
-                                        [b for b in bindings if b.key.vault_url == vault_url]))
-    for group in grouped.values():
-        key = group[0].key
-        try:
-            current = app.keys.current(key)
-        except KeystewardError as err:
-            findings.append(Finding("violation", key.uri, "key", f"cannot read key: {err}"))
-            continue
-        findings.extend(_key_findings(app, current, group, vaults.get(key.vault_url)))
-    return {
-        "ok": not any(f.level == "violation" for f in findings),
-        "violations": sum(1 for f in findings if f.level == "violation"),
-        "warnings": sum(1 for f in findings if f.level == "warning"),
-        "findings": [f.as_dict() for f in findings],
-    }
+class Preflight:
+    """The checks over live facts: the inventory, the key store and the vaults' properties."""
 
+    def __init__(self, *, settings: Settings, clock: Clock, keys: KeyStore, inventory: Inventory,
+                 vaults: Callable[[], Mapping[str, VaultInfo]]) -> None:
+        self._settings = settings
+        self._clock = clock
+        self._keys = keys
+        self._inventory = inventory
+        self._vaults = vaults  # vault URL -> its properties, for the vaults found in the subscriptions
 
-def check_lines(doc: dict[str, Any]) -> list[str]:
-    lines = [f"{'OK' if doc['ok'] else 'PROBLEMS'}: {doc['violations']} violation(s), {doc['warnings']} warning(s)"]
-    for f in doc["findings"]:
-        if f["level"] != "ok":
-            lines.append(f"  {f['level']:<9} {f['check']:<24} {f['scope']}: {f['message']}")
-    return lines
+    def check(self) -> dict[str, Any]:
+        """Every finding, and ``ok`` False when any is a violation."""
+        settings = self._settings
+        bindings = [b for b in self._inventory.bindings(settings.subscriptions) if b.key.vault_url in settings.vaults]
+        grouped = by_key(bindings)
+        vaults = self._vaults()
+        findings: list[Finding] = []
+        for vault_url in settings.vaults:
+            findings.extend(_vault_findings(vault_url, vaults.get(vault_url),
+                                            [b for b in bindings if b.key.vault_url == vault_url]))
+        now = self._clock.now()
+        for group in grouped.values():
+            key = group[0].key
+            try:
+                current = self._keys.current(key)
+            except KeystewardError as err:
+                findings.append(Finding("violation", key.uri, "key", f"cannot read key: {err}"))
+                continue
+            versionless = current.ref.versionless()
+            findings.extend(_key_findings(current, group, vaults.get(key.vault_url), now=now, settings=settings,
+                                          rotation_policy=functools.partial(self._keys.rotation_policy, versionless)))
+        return {
+            "ok": not any(f.level == "violation" for f in findings),
+            "violations": sum(1 for f in findings if f.level == "violation"),
+            "warnings": sum(1 for f in findings if f.level == "warning"),
+            "findings": [f.as_dict() for f in findings],
+        }

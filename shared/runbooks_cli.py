@@ -25,7 +25,7 @@ from shared.app import Keysteward
 from shared.auth import ROLE_READ, ROLE_RESTORE, ROLE_REVOKE, Principal
 from shared.clirender import duration, record_text, short_id, subscription_of, table, when
 from shared.keyuri import parse_key_uri
-from shared.runbooks import MODES, RestoreRequest, RevokeRequest, RunView, resume_unfinished, runbooks_for
+from shared.runbooks import MODES, RestoreRequest, RevokeRequest, RunView, resume_unfinished
 
 EXIT_OK, EXIT_PROBLEM = 0, 1
 # Beyond the verify deadline itself: time for the acting steps and the last poll.
@@ -159,7 +159,7 @@ def _drive(app: Keysteward, view: RunView, args: argparse.Namespace, out: Out) -
     slices until it leaves ``running`` or the verify deadline (plus margin) passes."""
     if args.no_wait or view.run.status != "running":
         return view
-    books = runbooks_for(app)
+    books = app.runbooks
     if not out.interactive:
         # No one watches: one call that waits the whole budget (fewest journal round trips).
         return books.resume(view.run.run_id, budget=_budget(app, args))
@@ -178,7 +178,7 @@ def _drive(app: Keysteward, view: RunView, args: argparse.Namespace, out: Out) -
 
 def cmd_revoke(app: Keysteward, args: argparse.Namespace, out: Out) -> int:
     key = parse_key_uri(args.key, allowed_vaults=app.settings.vaults)
-    books = runbooks_for(app)
+    books = app.runbooks
     if args.dry_run:
         plan = books.plan(key, args.mode)
         out.emit(plan, lambda: blast_radius_lines(plan))
@@ -191,13 +191,13 @@ def cmd_revoke(app: Keysteward, args: argparse.Namespace, out: Out) -> int:
 
 def cmd_restore(app: Keysteward, args: argparse.Namespace, out: Out) -> int:
     request = RestoreRequest(run_id=args.run, reason=args.reason, ticket=args.ticket)
-    view = _drive(app, runbooks_for(app).restore(request, cli_principal(), budget=timedelta(0)), args, out)
+    view = _drive(app, app.runbooks.restore(request, cli_principal(), budget=timedelta(0)), args, out)
     out.emit(view.as_dict(), lambda: view_lines(view, out.clock_name))
     return _exit(view)
 
 
 def cmd_runs(app: Keysteward, args: argparse.Namespace, out: Out) -> int:
-    books = runbooks_for(app)
+    books = app.runbooks
     if args.run:
         view = books.get(args.run)
         out.emit(view.as_dict(), lambda: view_lines(view, out.clock_name))
@@ -221,11 +221,11 @@ def cmd_runs(app: Keysteward, args: argparse.Namespace, out: Out) -> int:
 
 def cmd_resume(app: Keysteward, args: argparse.Namespace, out: Out) -> int:
     if args.run:
-        view = runbooks_for(app).resume(args.run, budget=timedelta(0))
+        view = app.runbooks.resume(args.run, budget=timedelta(0))
         view = _drive(app, view, args, out)
         out.emit(view.as_dict(), lambda: view_lines(view, out.clock_name))
         return _exit(view)
-    report = resume_unfinished(app, budget=_budget(app, args))
+    report = resume_unfinished(app.runbooks, budget=_budget(app, args))
     doc = {"runs": [v.as_dict() for v in report.views], "errors": report.errors}
     out.emit(doc, lambda: [*(ln for v in report.views for ln in view_lines(v, out.clock_name)),
                            *(f"error: {rid}: {e}" for rid, e in report.errors.items())]

@@ -35,9 +35,8 @@ refuses to retire (fail closed).
 from __future__ import annotations
 
 import json
-import weakref
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
@@ -49,10 +48,8 @@ from shared.model import Binding, KeyRef
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
 
-    from shared.app import Keysteward
     from shared.clock import Clock
     from shared.config import Settings
-    from shared.retention import Blocker, KeyFacts
 
 # Operations by which a service uses a key (Key Vault logging reference, "Keys" table).
 USE_OPERATIONS = ("KeyWrap", "KeyUnwrap", "KeyEncrypt", "KeyDecrypt", "KeySign", "KeyVerify")
@@ -498,137 +495,7 @@ def proof_kind(resource_state: bool, audit: bool) -> str:
     return PROOF_AUDIT if audit else "none"
 
 
-# ---- the retention guard's evidence ---------------------------------------------------------------------
-@dataclass
-class _Cached:
-    usage: Usage
-    per_version: dict[str, Usage] = field(default_factory=dict)
-
-
-_BY_FACTS: dict[int, tuple[weakref.ref[Any], _Cached]] = {}
-
-
-def _source(app: Keysteward) -> UsageSource:
-    source: UsageSource | None = getattr(app, "usage", None)
-    return source if source is not None else NoUsageEvidence()
-
-
-def usage_for_facts(app: Keysteward, facts: KeyFacts) -> Usage:
-    """The key's usage, asked once per :class:`~shared.retention.KeyFacts` (one question per key read)."""
-    return _cached(app, facts).usage
-
-
-def _cached(app: Keysteward, facts: KeyFacts) -> _Cached:
-    entry = _BY_FACTS.get(id(facts))
-    if entry is not None and entry[0]() is facts:
-        return entry[1]
-    cached = _Cached(_source(app).key_usage(facts.key.versionless()))
-    key = id(facts)
-
-    def forget(_ref: weakref.ref[Any]) -> None:
-        _BY_FACTS.pop(key, None)
-
-    _BY_FACTS[key] = (weakref.ref(facts, forget), cached)
-    return cached
-
-
-def version_usage(app: Keysteward, facts: KeyFacts, version: str) -> Usage:
-    """Usage of one version: the key's answer, or (when that answer was cut) the version's own query."""
-    cached = _cached(app, facts)
-    if not cached.usage.truncated or not cached.usage.available:
-        return cached.usage
-    if version not in cached.per_version:
-        cached.per_version[version] = _source(app).key_usage(facts.key.with_version(version))
-    return cached.per_version[version]
-
-
-def _known(bindings: Sequence[Binding]) -> dict[str, Binding]:
-    return {b.principal_id.lower(): b for b in bindings if b.principal_id}
-
-
-def _caller_text(c: CallerUsage) -> str:
-    app = f", app {c.app_id}" if c.app_id and c.app_id != c.object_id else ""
-    last = c.last_success or c.last_seen
-    return f"{c.object_id}{app} ({c.succeeded} successful calls, last {last.isoformat() if last else 'unknown'})"
-
-
-def usage_blockers(app: Keysteward, facts: KeyFacts, version: str) -> tuple[Blocker, ...]:
-    """Blockers from audit evidence for disabling ``version`` (none when evidence is not configured).
-
-    A version called successfully by any identity within the lookback is in use; the blocker
-    names the identities and says which a binding in the inventory accounts for. Evidence that
-    is configured but unavailable blocks, with its reason (fail closed).
-    """
-    from shared.retention import Blocker  # noqa: PLC0415 - retention imports this module at its call site
-
-    usage = version_usage(app, facts, version)
-    if usage.state is UsageState.NOT_CONFIGURED:
-        return ()
-    if not usage.available:
-        return (Blocker(EVIDENCE_UNAVAILABLE, f"usage evidence is unavailable, so {version} cannot be shown "
-                        f"unused: {usage.reason}"),)
-    users = [c for c in usage.for_version(version) if c.succeeded > 0]
-    if not users:
-        return ()
-    known = _known(facts.bindings)
-    unknown = [c for c in users if c.object_id not in known]
-    days = usage.since and usage.until and (usage.until - usage.since)
-    window = f"{days.total_seconds() / 86400:g} days" if days else "the lookback"
-    out = []
-    if unknown:
-        out.append(Blocker(IN_USE, f"{version} was used in the last {window} by identities keysteward does not "
-                           "know (no binding in its inventory): " + "; ".join(_caller_text(c) for c in unknown)))
-    for c in users:
-        b = known.get(c.object_id)
-        if b is not None:
-            out.append(Blocker(IN_USE, f"{version} was used in the last {window} by {b.service.value} {b.name}: "
-                               f"{_caller_text(c)}", b.resource_id))
-    return tuple(out)
-
-
-def status_fields(app: Keysteward, facts: KeyFacts, versions: list[dict[str, Any]]) -> dict[str, Any]:
-    """Adds ``knownUsers``, ``unknownCallers`` and ``lastCall`` to each version entry of a key's
-    status and returns the key-level ``usageEvidence`` (state, reason, window, truncation)."""
-    usage = usage_for_facts(app, facts)
-    known = _known(facts.bindings)
-    for entry in versions:
-        callers = usage.for_version(str(entry["version"]))
-        entry["knownUsers"] = [
-            {"resourceId": known[c.object_id].resource_id, "service": known[c.object_id].service.value,
-             **c.as_dict()} for c in callers if c.object_id in known]
-        entry["unknownCallers"] = [c.as_dict() for c in callers if c.object_id not in known]
-        seen = [c.last_seen for c in callers if c.last_seen is not None]
-        entry["lastCall"] = max(seen).isoformat() if seen else None
-    return {**usage.evidence(), "workspace": getattr(_source(app), "workspace_id", None)}
-
-
-def status_lines(status: dict[str, Any], version: dict[str, Any]) -> list[str]:
-    """Console lines for one version's usage evidence (empty when the status has none)."""
-    evidence = status.get("usageEvidence") or {}
-    if evidence.get("state") != UsageState.AVAILABLE.value:
-        return []
-    lines = []
-    for u in version.get("knownUsers") or []:
-        lines.append(f"      known user {u['service']} {u['resourceId'].rsplit('/', 1)[-1]}: {u['succeeded']} ok, "
-                     f"{u['failed']} failed, last {u['lastSeen']}")
-    for u in version.get("unknownCallers") or []:
-        lines.append(f"      UNKNOWN caller {u['objectId']}: {u['succeeded']} ok, {u['failed']} failed, "
-                     f"last {u['lastSeen']}")
-    return lines
-
-
-def evidence_line(status: dict[str, Any]) -> str | None:
-    evidence = status.get("usageEvidence")
-    if not evidence:
-        return None
-    if evidence["state"] == UsageState.AVAILABLE.value:
-        cut = " (cut to the newest rows)" if evidence.get("truncated") else ""
-        return f"  usage evidence: {evidence.get('table')} since {evidence.get('since')}{cut}"
-    return f"  usage evidence: {evidence['state']}: {evidence['reason']}"
-
-
 __all__ = [
     "EVIDENCE_UNAVAILABLE", "IN_USE", "CallerUsage", "LogAnalyticsUsage", "NoUsageEvidence", "Usage",
-    "UsageSource", "UsageState", "build_query", "from_settings", "parse_rows", "status_fields",
-    "usage_blockers",
+    "UsageSource", "UsageState", "build_query", "from_settings", "parse_rows",
 ]

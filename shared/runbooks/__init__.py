@@ -29,8 +29,8 @@ revocation writes a durable record before anything else; every path that could m
 usable or move a binding consults it and stands down, and the hold disables any version that
 appears meanwhile. Only a successful restore of that run ends it.
 
-**Runbooks need a durable journal.** Without storage, the facade cannot be built
-(ConfigError: exit 2 on the CLI) and nothing is done.
+**Runbooks need a durable journal.** Without storage, the composition root builds no
+runbooks, and asking for them raises ConfigError (exit 2 on the CLI): nothing is done.
 
 **Two-person rule** (``settings.two_person_rule``): a revocation whose *effect* is to leave the
 key with no enabled version (a whole-key request, or a per-version request that disables the
@@ -44,11 +44,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING
 
 import structlog
 
-from shared.errors import ConfigError, PermanentError, TransientError
+from shared.errors import PermanentError, TransientError
+from shared.runbooks.deps import Deps
 from shared.runbooks.facade import Runbooks
 from shared.runbooks.hold import Hold, HoldAct
 from shared.runbooks.model import (
@@ -73,31 +73,6 @@ from shared.runbooks.model import (
 from shared.runbooks.records import InForce, Records
 from shared.tags import HELD_TAG, REVOKED_AT_TAG, REVOKED_BY_TAG
 
-if TYPE_CHECKING:
-    from shared.app import Keysteward
-
-
-def runbooks_for(app: Keysteward, *, hook: StepHook | None = None,
-                 verify_interval: timedelta = VERIFY_INTERVAL) -> Runbooks:
-    """The runbooks over ``app``'s dependencies: the app's own (built once), unless a hook or an
-    interval is given (tests), then a new one over the same dependencies.
-
-    Raises ConfigError when ``app`` has no durable journal (no storage configured) or no
-    client factory: nothing has been done then.
-    """
-    if hook is None and verify_interval == VERIFY_INTERVAL:
-        return app.runbooks
-    if app.clients is None:
-        raise ConfigError("the runbooks need the app's client factory (build the app with shared.app.build)")
-    from shared.vaultaccess import VaultAccess  # noqa: PLC0415 - only tests reach this branch
-
-    return Runbooks(
-        settings=app.settings, clock=app.clock, keys=app.keys, targets=app.targets,
-        inventory=app.inventory, notifier=app.notifier, journal=app.journal,
-        vault_access=VaultAccess(app.clients, subscriptions=app.settings.subscriptions),
-        hook=hook, verify_interval=verify_interval, usage=app.usage,
-    )
-
 
 @dataclass
 class ResumeReport:
@@ -108,8 +83,7 @@ class ResumeReport:
     errors: dict[str, str] = field(default_factory=dict)
 
 
-def resume_unfinished(app: Keysteward, *, budget: timedelta = timedelta(seconds=120),
-                      runbooks: Runbooks | None = None) -> ResumeReport:
+def resume_unfinished(runbooks: Runbooks, *, budget: timedelta = timedelta(seconds=120)) -> ResumeReport:
     """Resumes every ``running`` run, oldest first, sharing ``budget`` (of the app's clock)
     among them: the reconcile timer calls this. Runs waiting for a key's lease are retried
     here too, so queued revocations of one key run one after the other.
@@ -117,14 +91,14 @@ def resume_unfinished(app: Keysteward, *, budget: timedelta = timedelta(seconds=
     A run that fails to resume (Transient/PermanentError) does not stop the others; each such
     error is logged and returned in :attr:`ResumeReport.errors`.
     """
-    books = runbooks or runbooks_for(app)
+    clock, journal = runbooks.deps.clock, runbooks.deps.journal
     log = structlog.get_logger("keysteward.runbooks")
     report = ResumeReport()
-    end = app.clock.now() + budget
-    for run in app.journal.list_unfinished():
-        left = max(end - app.clock.now(), timedelta(0))
+    end = clock.now() + budget
+    for run in journal.list_unfinished():
+        left = max(end - clock.now(), timedelta(0))
         try:
-            report.views.append(books.resume(run.run_id, budget=left))
+            report.views.append(runbooks.resume(run.run_id, budget=left))
         except (TransientError, PermanentError) as err:
             log.error("resume-failed", run=run.run_id, error=str(err), exc_info=True)
             report.errors[run.run_id] = str(err)
@@ -143,6 +117,7 @@ __all__ = [
     "STEPS",
     "STEP_STALE_AFTER",
     "VERIFY_INTERVAL",
+    "Deps",
     "Hold",
     "HoldAct",
     "InForce",
@@ -159,5 +134,4 @@ __all__ = [
     "StepName",
     "Waiting",
     "resume_unfinished",
-    "runbooks_for",
 ]

@@ -13,21 +13,15 @@ first step to its end, across pauses; a run that finds the lease taken stays ``r
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from datetime import timedelta
 
 import structlog
 
 from shared.auth import AuthError, Principal, same_object_id
-from shared.clock import Clock
-from shared.config import Settings
 from shared.errors import NotFoundError, PermanentError, ValidationError
-from shared.inventory import Inventory
-from shared.journal import Journal, Run
+from shared.journal import Run
 from shared.keyuri import parse_key_uri
-from shared.keyvault import KeyStore
-from shared.model import KeyRef, ServiceType
-from shared.notify import Notifier
+from shared.model import KeyRef
 from shared.runbooks.deps import Deps
 from shared.runbooks.engine import Engine, retry_on_conflict
 from shared.runbooks.model import (
@@ -49,9 +43,6 @@ from shared.runbooks.model import (
 from shared.runbooks.restore import RestoreSteps
 from shared.runbooks.revoke import RevokeSteps, whole_key
 from shared.runbooks.verify import Verifier
-from shared.targets.base import Target
-from shared.usage import UsageSource
-from shared.vaultaccess import VaultAccess
 
 log = structlog.get_logger("keysteward.runbooks")
 
@@ -59,23 +50,12 @@ log = structlog.get_logger("keysteward.runbooks")
 class Runbooks:
     """Revoke, restore, approve, resume and read runs over injected dependencies."""
 
-    def __init__(
-        self,
-        *,
-        settings: Settings,
-        clock: Clock,
-        keys: KeyStore,
-        targets: Mapping[ServiceType, Target],
-        inventory: Inventory,
-        notifier: Notifier,
-        journal: Journal,
-        vault_access: VaultAccess,
-        hook: StepHook | None = None,
-        verify_interval: timedelta = VERIFY_INTERVAL,
-        usage: UsageSource | None = None,
-    ) -> None:
-        self._d = Deps(settings=settings, clock=clock, keys=keys, targets=targets, inventory=inventory,
-                       notifier=notifier, journal=journal, vaults=vault_access, usage=usage)
+    def __init__(self, deps: Deps, *, hook: StepHook | None = None,
+                 verify_interval: timedelta = VERIFY_INTERVAL) -> None:
+        """``deps`` as the composition root built them; ``hook`` and ``verify_interval`` for tests
+        (a hook interrupts a run between steps; a shorter interval polls faster)."""
+        self._d = deps
+        journal, clock, notifier = deps.journal, deps.clock, deps.notifier
         self._journal = journal
         self._revoke = RevokeSteps(self._d)
         restore = RestoreSteps(self._d)

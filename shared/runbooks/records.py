@@ -15,7 +15,6 @@ themselves require storage.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
@@ -44,20 +43,28 @@ class InForce:
 
 
 class Records:
-    """Reads and writes the revocation records; ``journal`` returns ``None`` when no durable
-    journal is configured."""
+    """Reads the revocation records; ``journal`` is ``None`` when no durable journal is configured."""
 
-    def __init__(self, *, journal: Callable[[], Journal | None], keys: KeyStore) -> None:
+    def __init__(self, *, journal: Journal | None, keys: KeyStore) -> None:
         self._journal = journal
         self._keys = keys
 
     def in_force(self, key: KeyRef) -> InForce | None:
         """The oldest revocation in force on ``key`` (any version of it), or ``None``."""
-        journal = self._journal()
-        if journal is None:
+        if self._journal is None:
             return self._from_tags(key)
-        found = journal.revocations(key.versionless().uri)
+        found = self._journal.revocations(key.versionless().uri)
         return InForce(found[0].run_id, found[0].mode) if found else None
+
+    def run_in_force(self, key: KeyRef) -> str | None:
+        """The run id of the revocation in force on ``key``; ``None`` when none.
+
+        While one is in force, reconcile moves no binding of the key, rotation creates no
+        version, and retention neither re-enables nor retires: a revoked key stays dark until
+        its own restore.
+        """
+        found = self.in_force(key)
+        return found.run_id if found is not None else None
 
     def _from_tags(self, key: KeyRef) -> InForce | None:
         """The vault-side mark: the key's newest version carries the revoked-by tag (a whole-key
@@ -72,8 +79,7 @@ class Records:
 
     def all(self) -> list[Revocation]:
         """Every revocation in force (empty without a journal: the hold needs the records)."""
-        journal = self._journal()
-        return [] if journal is None else journal.revocations()
+        return [] if self._journal is None else self._journal.revocations()
 
 
 __all__ = ["InForce", "Records"]

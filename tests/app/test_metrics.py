@@ -25,7 +25,7 @@ from shared import metrics
 from shared.auth import ROLE_READ, ROLE_RESTORE, ROLE_REVOKE, Principal
 from shared.keyuri import parse_key_uri
 from shared.reconcile import WriteBudget
-from shared.runbooks import RestoreRequest, RevokeRequest, runbooks_for
+from shared.runbooks import RestoreRequest, RevokeRequest
 from tests.app.estate import Estate, EventCapture, grid_event, make_estate, steward
 from tests.app.test_propagation import run_queue
 from tests.memory_journal import MemoryJournal
@@ -178,9 +178,8 @@ def test_metrics_follow_rotation_convergence_revoke_and_restore(world: World, es
     world.tick(world.clock.now())
     event = next(e for e in capture.of_type("KeyNewVersionCreated") if e["data"]["Version"] == new.properties.version)
     world.clock.advance(timedelta(minutes=5))
-    from shared.estate import measure_estate
 
-    measure_estate(app)
+    app.estate.measure()
     # Pinned bindings and the versionless accounts (they report the version they still use) trail by one.
     total = pinned + accounts
     assert reader.value(metrics.VERSIONS_BEHIND) == total
@@ -219,11 +218,11 @@ def test_metrics_follow_rotation_convergence_revoke_and_restore(world: World, es
     assert (reader.value(metrics.OUTCOMES, keysteward__outcome__kind="BindingUpdated") or 0) >= pinned
 
     # 4. Revoke: the run is counted when it ends, with its duration; the revocation's age is reported.
-    books = runbooks_for(app)
+    books = app.runbooks
     view = books.revoke(RevokeRequest(key=key, mode="disable", reason="drill", ticket="T-1"), ONCALL)
     assert reader.value(metrics.RUNS) is None  # not finished: verification continues on the timer
     world.clock.advance(timedelta(minutes=2))
-    measure_estate(app)
+    app.estate.measure()
     assert reader.value(metrics.REVOCATION_AGE, keysteward__run__id=view.run.run_id) >= 120
     assert reader.value(metrics.UNFINISHED_RUN_AGE, keysteward__run__kind="revoke") >= 120
     for _ in range(20):
@@ -259,9 +258,8 @@ def test_a_held_binding_and_a_pacing_wait_are_reported(world: World, reader: Rea
     try:
         estate.keys.rotate_key(estate.key_name)
         app.reconcile_all()
-        from shared.estate import measure_estate
 
-        measure_estate(app)
+        app.estate.measure()
         assert state_count(reader, "held") == 1
         assert state_count(reader, "updating") + state_count(reader, "in-sync") == 1  # the other one moved
         # The second write of a one-token bucket waits for its token (on a time source that moves

@@ -17,15 +17,10 @@ from functions.schedules import reconcile_schedule
 from sandbox.transport import SandboxTransport, StaticTokenCredential
 from sandbox.world import World
 from shared.cli import main as cli_main
+from shared.errors import TransientError
 from shared.model import KeyRef
-from shared.retention import (
-    REVOKED_BY_TAG,
-    RetentionRefused,
-    disable_version,
-    key_status,
-    maintenance_pass,
-    restore_point_note,
-)
+from shared.retention import RetentionRefused, restore_point_note
+from shared.tags import REVOKED_BY_TAG
 from shared.targets.cosmos import backup_retention
 from tests.app.estate import LOCATION, RG, Estate, cosmos, grant, make_estate, make_vault, steward
 from tests.app.test_propagation import TimerRequest, run_queue
@@ -75,12 +70,12 @@ def test_old_version_refused_before_24h_and_accepted_after_when_unused(world):
     estate.keys.rotate_key(estate.key_name)
     world.clock.advance(timedelta(hours=23))
     with pytest.raises(RetentionRefused) as refused:
-        disable_version(app, versioned(estate, estate.v1), reason="cleanup", ticket="T-1", caller="alice")
+        app.retention.disable_version(versioned(estate, estate.v1), reason="cleanup", ticket="T-1", caller="alice")
     [blocker] = refused.value.verdict.blockers
     assert blocker.kind == "retention" and blocker.time_left == timedelta(hours=1)
     assert estate.keys.get_key(estate.key_name, estate.v1).properties.enabled
     world.clock.advance(timedelta(hours=1, seconds=1))
-    disable_version(app, versioned(estate, estate.v1), reason="cleanup", ticket="T-1", caller="alice")
+    app.retention.disable_version(versioned(estate, estate.v1), reason="cleanup", ticket="T-1", caller="alice")
     props = [p for p in estate.keys.list_properties_of_key_versions(estate.key_name) if p.version == estate.v1][0]
     assert props.enabled is False
 
@@ -101,7 +96,7 @@ def test_version_pinned_by_a_cluster_is_refused_at_any_age_naming_the_cluster(wo
     estate.keys.rotate_key(estate.key_name)
     world.clock.advance(timedelta(days=400))
     with pytest.raises(RetentionRefused) as refused:
-        disable_version(app, versioned(estate, estate.v1), reason="r", ticket="t", caller="c")
+        app.retention.disable_version(versioned(estate, estate.v1), reason="r", ticket="t", caller="c")
     pinned = [b for b in refused.value.verdict.blockers if b.kind == "pinned"]
     assert {b.resource_id.rsplit("/", 1)[-1] for b in pinned} == {name for _, name in estate.clusters}
     assert "adxa0010" in str(refused.value)
@@ -114,13 +109,13 @@ def test_versionless_account_that_has_not_moved_blocks_the_version(world):
     world.clock.advance(timedelta(minutes=10))  # the account reports v1 in use
     estate.keys.rotate_key(estate.key_name)
     world.clock.advance(timedelta(hours=25))
-    status = key_status(app, KeyRef(estate.vault_url, estate.key_name))
+    status = app.retention.key_status(KeyRef(estate.vault_url, estate.key_name))
     v1 = next(v for v in status["versions"] if v["version"] == estate.v1)
     assert not v1["retention"]["mayDisable"]
     assert [b["kind"] for b in v1["retention"]["blockers"]] == ["versionless"]
     assert "still uses" in v1["retention"]["blockers"][0]["message"]
     world.clock.advance(timedelta(hours=24))  # past the lag: the account moved
-    status = key_status(app, KeyRef(estate.vault_url, estate.key_name))
+    status = app.retention.key_status(KeyRef(estate.vault_url, estate.key_name))
     v1 = next(v for v in status["versions"] if v["version"] == estate.v1)
     assert v1["retention"]["mayDisable"], v1["retention"]
 
@@ -132,9 +127,9 @@ def test_postgres_version_is_protected_forever_and_reported(world):
     estate.keys.rotate_key(estate.key_name)
     world.clock.advance(timedelta(days=3650))
     with pytest.raises(RetentionRefused) as refused:
-        disable_version(app, versioned(estate, estate.v1), reason="r", ticket="t", caller="c")
+        app.retention.disable_version(versioned(estate, estate.v1), reason="r", ticket="t", caller="c")
     assert [b.kind for b in refused.value.verdict.blockers] == ["read-only"]
-    status = key_status(app, KeyRef(estate.vault_url, estate.key_name))
+    status = app.retention.key_status(KeyRef(estate.vault_url, estate.key_name))
     assert [b["resourceId"].rsplit("/", 1)[-1] for b in status["bindings"] if b["stuck"]] == ["pgcluster"]
 
 
@@ -149,7 +144,7 @@ def test_sweep_retires_exactly_the_eligible_versions_and_tags_them(world):
     kc.update_key_properties(estate.key_name, v3, tags={"keysteward-retire": "true"})
     # v1: pinned by the clusters (keysteward has not propagated yet) -> kept
     # v2: successor v3 is 1 h old -> kept; v3: current -> kept
-    result = maintenance_pass(app)
+    result = app.retention.sweep()
     assert result.retired == []
     # propagate, then 24 h later v1 and v2 are free
     app.reconcile_all()
@@ -158,7 +153,7 @@ def test_sweep_retires_exactly_the_eligible_versions_and_tags_them(world):
     root.install(None)
     world.clock.advance(timedelta(hours=24))
     seq = world.last_seq
-    result = maintenance_pass(app)
+    result = app.retention.sweep()
     assert sorted(result.retired) == sorted(f"{estate.key_uri}/{v}" for v in (estate.v1, v2))
     for v in (estate.v1, v2):
         props = next(p for p in kc.list_properties_of_key_versions(estate.key_name) if p.version == v)
@@ -196,11 +191,54 @@ def test_soft_deleted_key_in_use_is_recovered(world):
     app, _, notifier = steward(world, estate)
     estate.keys.begin_delete_key(estate.key_name).result()
     seq = world.last_seq
-    result = maintenance_pass(app)
+    result = app.retention.sweep()
     assert result.recovered == [estate.key_uri]
     assert estate.keys.get_key(estate.key_name).properties.version == estate.v1
     assert [o.kind for o in notifier.outcomes] == ["KeyRecovered"]
     assert not [e for e in world.requests_since(seq) if e.method == "DELETE"]
+
+
+def test_purged_key_in_use_is_an_incident_and_a_sweep_error(world):
+    # Soft-deleted, then purged when its retention ended: nothing can bring it back, and the
+    # cluster still pins it. The sweep says so every pass (an incident, and an error that fails
+    # the timer's invocation) instead of skipping the key.
+    estate = make_estate(world, clusters_per_sub=1, accounts_per_sub=0, versionless=0)
+    app, _, notifier = steward(world, estate)
+    estate.keys.begin_delete_key(estate.key_name).result()
+    world.clock.advance(timedelta(days=91))  # past softDeleteRetentionInDays (90): the vault purges it
+    assert app.keys.deleted(KeyRef(estate.vault_url, estate.key_name)) is None
+    seq = world.last_seq
+    result = app.retention.sweep()
+    assert result.purged == [estate.key_uri]
+    assert result.recovered == []
+    assert len(result.errors) == 1 and estate.key_uri in result.errors[0] and "purged" in result.errors[0]
+    [incident] = [o for o in notifier.outcomes if o.kind == "KeyPurgedInUse"]
+    assert incident.severity == "incident" and incident.subject == estate.key_uri
+    assert incident.data["bindings"] and all("/clusters/" in r for r in incident.data["bindings"])
+    assert not [e for e in world.requests_since(seq) if e.method in ("DELETE", "PUT", "PATCH")]
+    # ... and the timer's pass reports it (its invocation fails, so the platform records it)
+    report = app.timer_pass()
+    assert any("purged" in e and estate.key_uri in e for e in report.errors)
+    root.install(app)
+    try:
+        with pytest.raises(TransientError, match="error"):
+            reconcile_schedule(TimerRequest(past_due=False))
+    finally:
+        root.install(None)
+
+
+def test_the_timer_recovers_a_soft_deleted_key_in_use_although_reconcile_cannot_read_it(world):
+    # The reconcile pass cannot read a deleted key; that must not keep the retention sweep, which
+    # recovers it, from running in the same timer pass.
+    estate = make_estate(world, clusters_per_sub=1, accounts_per_sub=0, versionless=0)
+    app, _, notifier = steward(world, estate)
+    estate.keys.begin_delete_key(estate.key_name).result()
+    report = app.timer_pass()
+    assert report.sweep is not None and report.sweep.recovered == [estate.key_uri]
+    assert [e for e in report.errors if "not found" in e]  # the reconcile of the deleted key, reported
+    assert estate.keys.get_key(estate.key_name).properties.version == estate.v1
+    assert "KeyRecovered" in [o.kind for o in notifier.outcomes]
+    assert app.timer_pass().errors == []  # the next pass finds the key again
 
 
 def test_check_flags_missing_purge_protection_and_a_key_too_small(world, capsys):
@@ -256,7 +294,7 @@ def make_backed_up_account(world: World, estate: Estate, name: str, policy: dict
 
 
 def backup_blockers(app: Any, estate: Estate, version: str) -> list[str]:
-    status = key_status(app, KeyRef(estate.vault_url, estate.key_name))
+    status = app.retention.key_status(KeyRef(estate.vault_url, estate.key_name))
     entry = next(v for v in status["versions"] if v["version"] == version)
     return [b["message"] for b in entry["retention"]["blockers"] if b["kind"] == "backup"]
 
@@ -272,7 +310,7 @@ def test_continuous_30_day_account_keeps_the_old_version_25_h_after_rotation_and
     rotated = estate.keys.rotate_key(estate.key_name).properties.created_on
     world.clock.advance(timedelta(hours=25))  # the account follows v2 within the hour (sandbox lag)
     with pytest.raises(RetentionRefused) as refused:
-        disable_version(app, versioned(estate, estate.v1), reason="cleanup", ticket="T-18", caller="alice")
+        app.retention.disable_version(versioned(estate, estate.v1), reason="cleanup", ticket="T-18", caller="alice")
     [blocker] = refused.value.verdict.blockers
     stopped = rotated + timedelta(hours=1)  # moved off v1 within the lag limit of v2's creation
     until = stopped + timedelta(days=30)
@@ -284,7 +322,7 @@ def test_continuous_30_day_account_keeps_the_old_version_25_h_after_rotation_and
     world.clock.advance(blocker.time_left - timedelta(minutes=1))
     assert backup_blockers(app, estate, estate.v1)  # a minute before the window ends: still kept
     world.clock.advance(timedelta(minutes=2))
-    disable_version(app, versioned(estate, estate.v1), reason="cleanup", ticket="T-18", caller="alice")
+    app.retention.disable_version(versioned(estate, estate.v1), reason="cleanup", ticket="T-18", caller="alice")
     props = [p for p in estate.keys.list_properties_of_key_versions(estate.key_name) if p.version == estate.v1][0]
     assert not props.enabled
 
@@ -302,7 +340,7 @@ def test_periodic_48_h_account_blocks_for_48_hours(world):
     assert "cosmos-billing: periodic backups kept 48 h taken until" in message
     world.clock.advance(timedelta(hours=1, minutes=1))  # 48 h after the account moved off v1
     assert backup_blockers(app, estate, estate.v1) == []
-    disable_version(app, versioned(estate, estate.v1), reason="cleanup", ticket="T-18", caller="alice")
+    app.retention.disable_version(versioned(estate, estate.v1), reason="cleanup", ticket="T-18", caller="alice")
 
 
 def test_backup_window_setting_is_a_floor_under_the_policy(world):
@@ -329,7 +367,7 @@ def test_unreadable_backup_policy_blocks_with_its_reason(world):
     estate.keys.rotate_key(estate.key_name)
     world.clock.advance(timedelta(days=400))
     with pytest.raises(RetentionRefused) as refused:
-        disable_version(app, versioned(estate, estate.v1), reason="cleanup", ticket="T-18", caller="alice")
+        app.retention.disable_version(versioned(estate, estate.v1), reason="cleanup", ticket="T-18", caller="alice")
     [blocker] = refused.value.verdict.blockers
     assert blocker.kind == "backup"
     assert "cosmos-odd: backup policy cannot be read (backup policy type 'Hourly' is not known)" in blocker.message

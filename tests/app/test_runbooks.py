@@ -38,7 +38,6 @@ from shared.runbooks import (
     RevokeRequest,
     Runbooks,
     resume_unfinished,
-    runbooks_for,
 )
 from shared.workqueue import MemoryQueue
 from tests.app.estate import RG, Estate, kv_mgmt, make_estate
@@ -68,7 +67,7 @@ class Rig:
         return parse_key_uri(self.estate.key_uri, allowed_vaults=None)
 
     def books(self, **kwargs: Any) -> Runbooks:
-        return runbooks_for(self.app, **kwargs)
+        return Runbooks(self.app.runbooks.deps, **kwargs)
 
     def versions(self) -> dict[str, Any]:
         return {p.version: p for p in self.estate.keys.list_properties_of_key_versions(self.estate.key_name)}
@@ -296,7 +295,7 @@ def test_without_budget_the_key_is_revoked_at_once_and_verification_continues_on
     assert view.run.status == "running" and view.waiting == "verify"
     assert all(not p.enabled for p in rig.versions().values())  # revoked before any wait
     assert [s.status for s in view.steps] == ["succeeded", "succeeded", "succeeded", "pending"]
-    report = resume_unfinished(rig.app, budget=LONG)
+    report = resume_unfinished(rig.app.runbooks, budget=LONG)
     assert not report.errors
     [done] = report.views
     assert done.run.status == "succeeded"
@@ -380,7 +379,7 @@ def test_a_restore_killed_at_any_step_resumes_to_the_same_end_state(
     with pytest.raises(Killed):
         restore(rig, revocation.run.run_id, books=rig.books(hook=killer(step, phase)))
     world.clock.advance(STEP_STALE_AFTER + timedelta(seconds=1))
-    report = resume_unfinished(rig.app, budget=LONG)
+    report = resume_unfinished(rig.app.runbooks, budget=LONG)
     assert not report.errors
     [view] = report.views
     assert view.run.status == "succeeded", view.as_dict()
@@ -411,7 +410,7 @@ def test_a_second_revocation_of_the_same_key_waits_for_the_first(rig: Rig) -> No
     [queued] = second
     assert queued.waiting == "lease" and queued.steps == [] and queued.run.status == "running"
     assert first.run.status == "succeeded"
-    report = resume_unfinished(rig.app, budget=LONG)
+    report = resume_unfinished(rig.app.runbooks, budget=LONG)
     [done] = report.views
     assert done.run.run_id == queued.run.run_id and done.run.status == "succeeded"
     assert min(s.started for s in done.steps) >= max(s.finished for s in first.steps if s.finished)
@@ -441,7 +440,7 @@ def test_concurrent_revocations_of_one_key_never_interleave(rig: Rig) -> None:
     for _ in range(6):
         if all(r.finished for r in rig.journal.list_runs()):
             break
-        resume_unfinished(rig.app, budget=LONG)
+        resume_unfinished(rig.app.runbooks, budget=LONG)
     runs = rig.journal.list_runs()
     assert len(runs) == 3 and all(r.status == "succeeded" for r in runs), [r.status for r in runs]
     spans = sorted((min(s.started for s in st), max(s.finished for s in st if s.finished))
@@ -465,7 +464,7 @@ def test_two_person_rule_waits_for_a_different_approver(journal_factory: Any) ->
     view = revoke(rig)
     assert view.run.status == "pending-approval" and view.waiting == "approval"
     assert rig.writes(seq) == []
-    assert resume_unfinished(rig.app).views == []  # waits for a person, not for the timer
+    assert resume_unfinished(rig.app.runbooks).views == []  # waits for a person, not for the timer
     with pytest.raises(AuthError) as err:
         rig.books().approve(view.run.run_id, ALICE)
     assert err.value.status == 403
@@ -546,7 +545,7 @@ def test_a_key_bound_to_a_large_fleet_is_revoked_and_restored_through_table_stor
                 credential=StaticTokenCredential(), notifier=app_notifier, queue=MemoryQueue(),
                 polling_interval=0, journal=journal)
     key = parse_key_uri(f"{vault_url}/keys/cmk-fleet", allowed_vaults=None)
-    books = runbooks_for(app)
+    books = app.runbooks
 
     view = books.revoke(RevokeRequest(key, "disable", "key exposed", "INC-9", emergency=True), ALICE, budget=LONG)
 
@@ -591,10 +590,10 @@ def test_outcome_events_reach_the_topic_with_stable_ids() -> None:
     world, estate, app, key = topic_app()
     request = RevokeRequest(key, "disable", "key exposed", "INC-8", emergency=True)
     with pytest.raises(Killed):  # dies after publishing, before recording that it did
-        runbooks_for(app, hook=killer("publish", "acted")).revoke(request, ALICE, budget=LONG)
+        Runbooks(app.runbooks.deps, hook=killer("publish", "acted")).revoke(request, ALICE, budget=LONG)
     world.clock.advance(STEP_STALE_AFTER + timedelta(seconds=1))
-    [run] = runbooks_for(app).runs(key)
-    view = runbooks_for(app).resume(run.run_id, budget=LONG)
+    [run] = app.runbooks.runs(key)
+    view = app.runbooks.resume(run.run_id, budget=LONG)
 
     assert view.run.status == "succeeded"
     revoked = [e for e in world.eventgrid.published if e["eventType"] == "KeySteward.KeyRevoked"]
@@ -608,12 +607,12 @@ def test_outcome_events_reach_the_topic_with_stable_ids() -> None:
 def test_a_topic_outage_leaves_the_run_to_publish_on_resume() -> None:
     world, estate, app, key = topic_app()
     world.faults.set_rules([FaultRule.parse({"host": r"outcomes\..*", "status": 503})])
-    view = runbooks_for(app).revoke(RevokeRequest(key, "disable", "key exposed", "INC-8", emergency=True), ALICE,
+    view = app.runbooks.revoke(RevokeRequest(key, "disable", "key exposed", "INC-8", emergency=True), ALICE,
                                     budget=LONG)
     assert view.run.status == "running" and view.waiting == "publish", view.as_dict()
     assert all(not p.enabled for p in estate.keys.list_properties_of_key_versions(estate.key_name))
     world.faults.clear()
-    done = runbooks_for(app).resume(view.run.run_id, budget=LONG)
+    done = app.runbooks.resume(view.run.run_id, budget=LONG)
     assert done.run.status == "succeeded"
     assert [e["eventType"] for e in world.eventgrid.published if e["eventType"].startswith("KeySteward.Key")] == [
         "KeySteward.KeyRevoked"]
@@ -647,7 +646,7 @@ def test_a_restore_keeps_an_identity_that_another_revocation_still_holds(journal
     app = build(settings, clock=world.clock, transport_factory=lambda: SandboxTransport(world),
                 credential=StaticTokenCredential(), notifier=notifier, queue=MemoryQueue(), polling_interval=0,
                 journal=journal_factory(world))
-    books = runbooks_for(app)
+    books = app.runbooks
     key_a = parse_key_uri(f"{vault_url}/keys/cmk-fleet", allowed_vaults=None)
     key_b = parse_key_uri(f"{vault_url}/keys/cmk-two", allowed_vaults=None)
 

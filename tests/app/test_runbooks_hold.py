@@ -26,8 +26,7 @@ from shared.config import load_settings
 from shared.errors import ConfigError, PermanentError
 from shared.notify import RecordingNotifier
 from shared.reconcile import ActionKind
-from shared.retention import disable_version, maintenance_pass
-from shared.runbooks import REVOKED_BY_TAG, RestoreRequest, RevokeRequest, resume_unfinished, runbooks_for
+from shared.runbooks import REVOKED_BY_TAG, RestoreRequest, RevokeRequest, resume_unfinished
 from shared.workqueue import MemoryQueue
 from tests.app.estate import EventCapture, grid_event
 from tests.app.test_runbooks import ALICE, BOB, LONG, Rig, rig_for
@@ -48,7 +47,7 @@ def rig() -> Iterator[Rig]:
 
 
 def revoke_whole_key(rig: Rig, mode: str = "disable") -> str:
-    view = runbooks_for(rig.app).revoke(RevokeRequest(rig.key, mode, "key exposed", "INC-11"), ALICE, budget=LONG)
+    view = rig.app.runbooks.revoke(RevokeRequest(rig.key, mode, "key exposed", "INC-11"), ALICE, budget=LONG)
     assert view.run.status in ("succeeded", "partially-succeeded"), view.as_dict()
     return view.run.run_id
 
@@ -127,7 +126,7 @@ def test_with_event_delivery_off_the_next_timer_pass_disables_it(rig: Rig) -> No
     assert rig.estate.pinned_versions() == pinned
     assert {a.kind for r in rig.app.reconcile_all() for a in r.actions} & {ActionKind.UPDATE} == set()
     # Restore brings back what the revocation took, and says what it did with the newcomer.
-    view = runbooks_for(rig.app).restore(RestoreRequest(run_id, "all clear", "INC-11"), BOB, budget=LONG)
+    view = rig.app.runbooks.restore(RestoreRequest(run_id, "all clear", "INC-11"), BOB, budget=LONG)
     act = next(s for s in view.steps if s.name == "act").result
     assert new.properties.version in act["heldVersions"] and new.properties.version in act["done"]
     assert sorted(enabled(rig)) == sorted(rig.versions())
@@ -171,8 +170,8 @@ def test_the_rotation_policy_is_taken_out_of_play_and_restored_exactly(rig: Rig)
     rig.world.tick(rig.world.clock.now())
     reconcile_schedule(TimerRequest(past_due=False))
     assert enabled(rig) == [] and set(rig.versions()) == versions
-    resume_unfinished(rig.app, budget=LONG)
-    runbooks_for(rig.app).restore(RestoreRequest(run_id, "all clear", "INC-11"), BOB, budget=LONG)
+    resume_unfinished(rig.app.runbooks, budget=LONG)
+    rig.app.runbooks.restore(RestoreRequest(run_id, "all clear", "INC-11"), BOB, budget=LONG)
     assert policy() == original
 
 
@@ -180,7 +179,7 @@ def test_the_rotation_policy_is_taken_out_of_play_and_restored_exactly(rig: Rig)
 def test_twenty_five_junk_runs_do_not_hide_a_revocation() -> None:
     world = World()
     rig = rig_for(world, MemoryJournal(world.clock), KEYSTEWARD_TWO_PERSON_RULE="true")
-    books = runbooks_for(rig.app)
+    books = rig.app.runbooks
     pinned = rig.estate.pinned_versions()
     view = books.revoke(RevokeRequest(rig.key, "disable", "key exposed", "INC-11", emergency=True), ALICE,
                         budget=LONG)
@@ -201,7 +200,7 @@ def test_twenty_five_junk_runs_do_not_hide_a_revocation() -> None:
 def test_per_version_revokes_that_would_disable_every_version_wait_for_approval() -> None:
     world = World()
     rig = rig_for(world, MemoryJournal(world.clock), KEYSTEWARD_TWO_PERSON_RULE="true")
-    books = runbooks_for(rig.app)
+    books = rig.app.runbooks
     first, second = sorted(rig.versions(), key=lambda v: rig.versions()[v].created_on)
     one = books.revoke(RevokeRequest(rig.key.with_version(first), "disable", "v1 exposed", "INC-11"), ALICE,
                        budget=LONG)
@@ -216,7 +215,7 @@ def test_per_version_revokes_that_would_disable_every_version_wait_for_approval(
 def test_an_approver_writing_the_requesters_oid_in_braces_is_the_same_person() -> None:
     world = World()
     rig = rig_for(world, MemoryJournal(world.clock), KEYSTEWARD_TWO_PERSON_RULE="true")
-    books = runbooks_for(rig.app)
+    books = rig.app.runbooks
     view = books.revoke(RevokeRequest(rig.key, "disable", "key exposed", "INC-11"), ALICE)
     braced = Principal("{" + ALICE.object_id.upper() + "}", "Alice again", frozenset({ROLE_REVOKE}))
     with pytest.raises(AuthError) as err:
@@ -227,7 +226,7 @@ def test_an_approver_writing_the_requesters_oid_in_braces_is_the_same_person() -
 
 # ---- other paths stand down, naming the run ------------------------------------------------------------
 def test_restore_of_another_run_retire_and_the_sweep_stand_down(rig: Rig) -> None:
-    books = runbooks_for(rig.app)
+    books = rig.app.runbooks
     older = books.revoke(RevokeRequest(rig.key.with_version(next(iter(rig.versions()))), "disable", "v1", "INC"),
                          ALICE, budget=LONG).run.run_id
     whole = revoke_whole_key(rig)
@@ -235,10 +234,10 @@ def test_restore_of_another_run_retire_and_the_sweep_stand_down(rig: Rig) -> Non
         books.restore(RestoreRequest(older, "undo v1", "INC"), BOB)
     assert err.value.status == 409 and whole in str(err.value)
     with pytest.raises(PermanentError) as err:
-        disable_version(rig.app, rig.key.with_version(next(iter(rig.versions()))), reason="r", ticket="t",
+        rig.app.retention.disable_version(rig.key.with_version(next(iter(rig.versions()))), reason="r", ticket="t",
                         caller="c")
     assert err.value.status == 409 and whole in str(err.value)
-    sweep = maintenance_pass(rig.app)
+    sweep = rig.app.retention.sweep()
     assert sweep.revoked == {rig.key.uri: whole} and sweep.repaired == []
 
 

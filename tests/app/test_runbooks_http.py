@@ -90,7 +90,7 @@ def test_revoke_then_restore_over_http(rig: Rig) -> None:
     assert [s["name"] for s in doc["steps"]] == ["resolve", "snapshot", "act", "verify"]
     assert all(s["started"] for s in doc["steps"])
 
-    report = resume_unfinished(rig.app, budget=timedelta(hours=1))
+    report = resume_unfinished(rig.app.runbooks, budget=timedelta(hours=1))
     assert not report.errors
     status, doc, _ = call(get_run, http("GET", f"runs/{run_id}", principal=READER, route_params={"id": run_id}))
     assert doc["status"] == "succeeded" and len(doc["steps"]) == 5

@@ -17,7 +17,7 @@ import functions._root as root
 from sandbox.host import DevHost, FunctionSpec, HostConfig, HostKeys, HttpTriggerSpec, load_functions
 from sandbox.world import World
 from shared.auth import ROLE_READ, ROLE_RESTORE, ROLE_REVOKE, encode_principal
-from shared.runbooks import RevokeRequest, runbooks_for
+from shared.runbooks import RevokeRequest
 from tests.app.test_runbooks import ALICE, Rig, rig_for
 from tests.functionapp import fresh_function_app
 from tests.memory_journal import MemoryJournal
@@ -89,7 +89,7 @@ MATRIX = {
 @pytest.mark.parametrize("role", sorted(MATRIX))
 def test_each_role_alone_gets_exactly_its_routes(served: Served, role: str) -> None:
     rig, who = served.rig, ONLY[role]
-    books = runbooks_for(rig.app)
+    books = rig.app.runbooks
     # A finished revocation (to read and restore) and one waiting for approval (to approve),
     # on keys of their own so that neither holds the other's key.
     done = books.revoke(RevokeRequest(rig.key, "disable", "seed", "INC", emergency=True), ALICE,

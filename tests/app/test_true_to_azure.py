@@ -26,7 +26,7 @@ from sandbox.world import World
 from shared.auth import ROLE_READ, encode_principal
 from shared.inventory import GRAPH_QUERY
 from shared.model import Binding, KeyRef, ServiceType
-from shared.retention import RetentionRefused, disable_version
+from shared.retention import RetentionRefused
 from shared.targets import build_targets
 from shared.targets.base import Health
 from tests.app.estate import LOCATION, RG, Estate, grant, key_client, kusto, make_estate, make_vault, steward
@@ -119,7 +119,7 @@ def test_energy_instance_in_the_spec_shape_is_found_and_its_version_protected(wo
     estate.keys.rotate_key(estate.key_name)
     world.clock.advance(timedelta(days=400))
     with pytest.raises(RetentionRefused) as refused:
-        disable_version(app, KeyRef(estate.vault_url, estate.key_name, estate.v1), reason="r", ticket="t", caller="c")
+        app.retention.disable_version(KeyRef(estate.vault_url, estate.key_name, estate.v1), reason="r", ticket="t", caller="c")
     assert [x.kind for x in refused.value.verdict.blockers] == ["read-only"]
 
 
@@ -171,7 +171,7 @@ def test_retention_guard_protects_the_version_a_database_uses(world: World) -> N
     make_database(world, estate, cluster, "sales", estate.v1)
     world.clock.advance(timedelta(days=3))
     with pytest.raises(RetentionRefused) as refused:
-        disable_version(app, KeyRef(estate.vault_url, estate.key_name, estate.v1), reason="r", ticket="t", caller="c")
+        app.retention.disable_version(KeyRef(estate.vault_url, estate.key_name, estate.v1), reason="r", ticket="t", caller="c")
     assert any("sales" in x.message for x in refused.value.verdict.blockers)
 
 

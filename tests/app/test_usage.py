@@ -19,7 +19,7 @@ from sandbox.world import World
 from shared.auth import encode_principal
 from shared.cli import main as cli_main
 from shared.model import KeyRef
-from shared.retention import RetentionRefused, disable_version, key_status, maintenance_pass
+from shared.retention import RetentionRefused
 from shared.usage import USE_OPERATIONS, UsageState
 from tests.app.estate import Estate, make_estate, steward
 
@@ -67,11 +67,11 @@ def test_version_used_only_by_an_unknown_identity_cannot_be_retired_and_the_bloc
     estate, _ = unused_old_version(world)
     app, _, _ = steward(world, estate, KEYSTEWARD_AUDIT_WORKSPACE=WORKSPACE)
     # Without any call, the version may go (the evidence is there and shows no use).
-    assert key_status(app, estate_key(estate))["usageEvidence"]["state"] == "available"
+    assert app.retention.key_status(estate_key(estate))["usageEvidence"]["state"] == "available"
     add_consumer(world, STRANGER, f"{estate.key_uri}/{estate.v1}", 3600)
     world.clock.advance(timedelta(hours=2))
     with pytest.raises(RetentionRefused) as refused:
-        disable_version(app, v1_ref(estate), reason="cleanup", ticket="T-1", caller="alice")
+        app.retention.disable_version(v1_ref(estate), reason="cleanup", ticket="T-1", caller="alice")
     [blocker] = refused.value.verdict.blockers
     assert blocker.kind == "audit-in-use"
     assert STRANGER in blocker.message and "does not know" in blocker.message
@@ -89,10 +89,10 @@ def test_same_estate_without_a_workspace_retires_the_version_the_stranger_uses(w
     estate, _ = unused_old_version(world)
     app, _, _ = steward(world, estate)
     add_consumer(world, STRANGER, f"{estate.key_uri}/{estate.v1}", 3600)
-    status = key_status(app, estate_key(estate))
+    status = app.retention.key_status(estate_key(estate))
     assert status["usageEvidence"]["state"] == "not-configured"
     assert "KEYSTEWARD_AUDIT_WORKSPACE is not set" in status["usageEvidence"]["reason"]
-    assert disable_version(app, v1_ref(estate), reason="r", ticket="t", caller="c")["disabled"]
+    assert app.retention.disable_version(v1_ref(estate), reason="r", ticket="t", caller="c")["disabled"]
 
 
 def test_cli_disable_exits_1_and_names_the_unknown_caller(world, capsys):
@@ -128,9 +128,9 @@ def test_failed_calls_are_not_use_and_calls_older_than_the_lookback_do_not_count
     world.clock.advance(timedelta(hours=1))
     assert sandbox_session(world).delete(f"{admin_url()}/sandbox/consumers").json() == {"removed": 1}
     with pytest.raises(RetentionRefused):
-        disable_version(app, v1_ref(estate), reason="r", ticket="t", caller="c")
+        app.retention.disable_version(v1_ref(estate), reason="r", ticket="t", caller="c")
     world.clock.advance(timedelta(days=1, hours=1))  # the stranger's calls are now older than the lookback
-    assert disable_version(app, v1_ref(estate), reason="r", ticket="t", caller="c")["disabled"]
+    assert app.retention.disable_version(v1_ref(estate), reason="r", ticket="t", caller="c")["disabled"]
     # Its calls now fail (the version is disabled): a failure is not use.
     add_consumer(world, STRANGER, f"{estate.key_uri}/{estate.v1}", 600)
     world.clock.advance(timedelta(hours=1))
@@ -146,7 +146,7 @@ def test_known_binding_usage_is_named_as_known(world):
     estate.keys.rotate_key(estate.key_name)
     app.reconcile_all()
     world.clock.advance(timedelta(hours=25))  # the clusters moved to v2 a day ago
-    status = key_status(app, estate_key(estate))
+    status = app.retention.key_status(estate_key(estate))
     v1 = next(v for v in status["versions"] if v["version"] == estate.v1)
     assert {u["resourceId"].rsplit("/", 1)[-1] for u in v1["knownUsers"]} == {n for _, n in estate.clusters}
     assert v1["unknownCallers"] == []
@@ -161,7 +161,7 @@ def test_status_shows_known_users_unknown_callers_and_last_call_per_version(worl
     app, _, _ = steward(world, estate, KEYSTEWARD_AUDIT_WORKSPACE=WORKSPACE)
     add_consumer(world, STRANGER, f"{estate.key_uri}/{estate.v1}", 900)
     world.clock.advance(timedelta(hours=1))
-    status = key_status(app, estate_key(estate))
+    status = app.retention.key_status(estate_key(estate))
     [v1] = status["versions"]
     assert [u["objectId"] for u in v1["unknownCallers"]] == [STRANGER]
     assert v1["unknownCallers"][0]["succeeded"] == 5  # 0, 15, 30, 45, 60 minutes
@@ -178,11 +178,11 @@ def test_missing_workspace_makes_the_guard_refuse_with_its_reason(world):
     other = "11111111-2222-4333-8444-555566667777"
     app, _, _ = steward(world, estate, KEYSTEWARD_AUDIT_WORKSPACE=other)
     with pytest.raises(RetentionRefused) as refused:
-        disable_version(app, v1_ref(estate), reason="r", ticket="t", caller="c")
+        app.retention.disable_version(v1_ref(estate), reason="r", ticket="t", caller="c")
     [blocker] = refused.value.verdict.blockers
     assert blocker.kind == "audit-unavailable"
     assert f"workspace {other} was not found" in blocker.message
-    status = key_status(app, estate_key(estate))
+    status = app.retention.key_status(estate_key(estate))
     assert status["usageEvidence"]["state"] == "unavailable"
 
 
@@ -191,14 +191,14 @@ def test_throttled_query_makes_the_guard_refuse_and_the_sweep_keep_the_version(w
     app, _, _ = steward(world, estate, KEYSTEWARD_AUDIT_WORKSPACE=WORKSPACE)
     fault(world, host="api.loganalytics.io", status=429, retry_after=1)
     with pytest.raises(RetentionRefused) as refused:
-        disable_version(app, v1_ref(estate), reason="r", ticket="t", caller="c")
+        app.retention.disable_version(v1_ref(estate), reason="r", ticket="t", caller="c")
     assert "throttled" in str(refused.value)
     estate.keys.update_key_properties(estate.key_name, tags={"keysteward-retire": "true"})
-    result = maintenance_pass(app)
+    result = app.retention.sweep()
     assert result.retired == []
     assert "usage evidence is unavailable" in result.kept[f"{estate.key_uri}/{estate.v1}"][0]
     world.faults.clear()
-    assert maintenance_pass(app).retired == [f"{estate.key_uri}/{estate.v1}"]
+    assert app.retention.sweep().retired == [f"{estate.key_uri}/{estate.v1}"]
 
 
 def test_partial_answer_is_not_evidence_of_no_use(world):
@@ -208,7 +208,7 @@ def test_partial_answer_is_not_evidence_of_no_use(world):
     usage = app.usage.key_usage(estate_key(estate))
     assert usage.state is UsageState.UNAVAILABLE and "in part" in usage.reason
     with pytest.raises(RetentionRefused):
-        disable_version(app, v1_ref(estate), reason="r", ticket="t", caller="c")
+        app.retention.disable_version(v1_ref(estate), reason="r", ticket="t", caller="c")
 
 
 def test_unreachable_workspace_is_unavailable_not_unused(world):
@@ -224,9 +224,9 @@ def test_drift_repair_ignores_unavailable_evidence(world):
     """An outage of the workspace must not re-enable versions someone disabled on purpose."""
     estate, _ = unused_old_version(world)
     app, _, _ = steward(world, estate, KEYSTEWARD_AUDIT_WORKSPACE=WORKSPACE)
-    disable_version(app, v1_ref(estate), reason="r", ticket="t", caller="c")
+    app.retention.disable_version(v1_ref(estate), reason="r", ticket="t", caller="c")
     fault(world, host="api.loganalytics.io", status=503)
-    result = maintenance_pass(app)
+    result = app.retention.sweep()
     assert result.repaired == [] and result.drift_alerts == []
 
 
@@ -293,7 +293,7 @@ def test_query_answer_equals_a_brute_force_count_on_a_seeded_estate_with_thousan
     newest = sorted(usage.callers, key=lambda c: (c.last_success or datetime.min.replace(tzinfo=UTC)), reverse=True)
     assert [c.last_success for c in cut.callers] == [c.last_success for c in newest[:3]]
     # A cut answer never hides a version's use: that version gets its own query.
-    status = key_status(small, estate_key(estate))
+    status = small.retention.key_status(estate_key(estate))
     v1 = next(v for v in status["versions"] if v["version"] == estate.v1)
     assert any(b["kind"] == "audit-in-use" for b in v1["retention"]["blockers"])
 

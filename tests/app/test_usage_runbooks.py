@@ -14,7 +14,6 @@ from functions.runbooks import revoke as revoke_route
 from sandbox import audit
 from sandbox.transport import admin_url, sandbox_session
 from sandbox.world import World
-from shared.runbooks import runbooks_for
 from tests.app.test_runbooks import ALICE, Rig, restore, revoke, rig_for
 from tests.app.test_runbooks_http import READER, body, call, http
 from tests.memory_journal import MemoryJournal
@@ -62,7 +61,7 @@ def test_dry_run_lists_unknown_identities_of_the_key_with_counts_and_last_call(r
 
 
 def test_remove_access_dry_run_lists_unknown_identities_of_the_whole_vault(rig: Rig) -> None:
-    plan = runbooks_for(rig.app).plan(rig.key, "remove-access")
+    plan = rig.app.runbooks.plan(rig.key, "remove-access")
     assert names(plan["unknownIdentities"]) == {STRANGER, NEIGHBOUR}
     neighbour = next(e for e in plan["unknownIdentities"] if e["objectId"] == NEIGHBOUR)
     assert neighbour["keys"] == ["other-key"] and neighbour["calls"] == 3
@@ -88,7 +87,7 @@ def test_without_a_workspace_proofs_are_resource_state_and_the_dry_run_says_why(
     world = World()
     plain = rig_for(world, MemoryJournal(world.clock))
     add_consumer(world, STRANGER, f"{plain.estate.key_uri}/{plain.estate.v1}", 1800)
-    plan = runbooks_for(plain.app).plan(plain.key, "disable")
+    plan = plain.app.runbooks.plan(plain.key, "disable")
     assert plan["usageEvidence"]["state"] == "not-configured" and plan["unknownIdentities"] == []
     view = revoke(plain)
     proofs = {s.name: s.result for s in view.steps}["verify"]["proofs"]

@@ -41,7 +41,7 @@ from functions.runbooks import approve_run, get_run, list_runs, restore, revoke
 from sandbox.world import World
 from shared.auth import MAX_HEADER_CHARS, OID_CLAIMS, ROLE_CLAIMS, ROLE_READ, ROLE_RESTORE, ROLE_REVOKE, Principal
 from shared.keyuri import parse_key_uri
-from shared.runbooks import RevokeRequest, resume_unfinished, runbooks_for
+from shared.runbooks import RevokeRequest, resume_unfinished
 from tests.app.test_runbooks import Rig, rig_for
 from tests.memory_journal import MemoryJournal
 
@@ -106,14 +106,14 @@ def build_bench() -> Bench:
     versions = sorted(rig.versions().values(), key=lambda p: p.created_on)
     current = keys.get_key(rig.estate.key_name).properties.version
     previous = next(p.version for p in versions if p.version != current)
-    books = runbooks_for(rig.app)
+    books = rig.app.runbooks
 
     def request(name: str, *, emergency: bool) -> RevokeRequest:
         key = parse_key_uri(f"{VAULT}/keys/{name}", allowed_vaults=None)
         return RevokeRequest(key=key, mode="disable", reason="drill", ticket="T-1", emergency=emergency)
 
     done = books.revoke(request("spare-done", emergency=True), REQUESTER, budget=timedelta(0)).run.run_id
-    report = resume_unfinished(rig.app, budget=timedelta(hours=1))
+    report = resume_unfinished(rig.app.runbooks, budget=timedelta(hours=1))
     assert not report.errors
     assert rig.journal.get_run(done).status == "succeeded"
     pending = books.revoke(request("spare-pending", emergency=False), REQUESTER, budget=timedelta(0)).run

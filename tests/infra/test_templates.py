@@ -617,6 +617,7 @@ ALERT_RULES = {
     "key-near-expiry-no-rotation",
     "version-kept-by-unknown-or-stuck-consumer",
     "drift-repaired",
+    "key-deleted-in-use",
 }
 METRIC_EQ = re.compile(r'\bname\s*==\s*"([^"]+)"')
 METRIC_IN = re.compile(r'\bname\s+in\s*\(([^)]*)\)')
@@ -693,6 +694,9 @@ def test_alert_thresholds_come_from_parameters(template: dict[str, Any]) -> None
     assert '"failed", "partially-succeeded"' in run and "keysteward.runbook.unfinished.age" in run
     drift = alerts["drift-repaired"]["properties"]["criteria"]["allOf"][0]["query"]
     assert '"VersionDrift"' in drift
+    deleted = alerts["key-deleted-in-use"]["properties"]["criteria"]["allOf"][0]["query"]
+    assert '"KeyRecovered", "KeyPurgedInUse"' in deleted
+    assert alerts["key-deleted-in-use"]["properties"]["severity"] == 0  # critical: data is offline or at risk
     kept = alerts["version-kept-by-unknown-or-stuck-consumer"]["properties"]["criteria"]["allOf"][0]["query"]
     assert '"read-only", "unknown", "versionless"' in kept
 

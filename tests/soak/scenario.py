@@ -32,7 +32,7 @@ from shared.config import load_settings
 from shared.journal import Journal
 from shared.model import KeyRef
 from shared.notify import RecordingNotifier
-from shared.runbooks import PHASES, STEPS, RestoreRequest, RevokeRequest, runbooks_for
+from shared.runbooks import PHASES, STEPS, RestoreRequest, RevokeRequest, Runbooks
 from shared.tags import RETIRE_TAG
 from shared.workqueue import MemoryQueue
 from tests.app.estate import grid_event
@@ -352,7 +352,7 @@ class Soak:
         """A burst of revocations that wait for a second person forever (two-person rule on), or
         that are refused (off): none of them may hide a revocation in force."""
         key = self.pick_key(foreign=0.0)
-        books = runbooks_for(self.app)
+        books = self.app.runbooks
         for n in range(self.rng.randint(5, 25)):
             try:
                 books.revoke(RevokeRequest(key=key, mode="disable", reason=f"junk {n}", ticket="JUNK"), ONCALL)
@@ -402,7 +402,7 @@ class Soak:
             target = key.with_version(self.rng.choice(versions))
         else:
             target = key
-        books = runbooks_for(self.app, hook=self._hook())
+        books = Runbooks(self.app.runbooks.deps, hook=self._hook())
         budget = self.rng.choice([timedelta(0), timedelta(0), timedelta(hours=2)])
         emergency = self.two_person and self.rng.random() < 0.7
         try:
@@ -419,7 +419,7 @@ class Soak:
         if not done:
             return
         run = self.rng.choice(done)
-        books = runbooks_for(self.app, hook=self._hook())
+        books = Runbooks(self.app.runbooks.deps, hook=self._hook())
         try:
             books.restore(RestoreRequest(run_id=run.run_id, reason="soak over", ticket=f"SOAK-{self.seed}"),
                           ONCALL, budget=self.rng.choice([timedelta(0), timedelta(hours=2)]))

@@ -9,7 +9,7 @@ from azure.functions.timer import TimerRequest
 
 import functions._root as root
 from functions.schedules import reconcile_schedule
-from shared.runbooks import RevokeRequest, runbooks_for
+from shared.runbooks import RevokeRequest
 from tests.soak import invariants as inv
 from tests.soak.harness import jwk_of, key_pool, snapshot
 from tests.soak.scenario import ONCALL, Soak
@@ -21,7 +21,7 @@ def _revoked_then_rotated() -> Soak:
     soak.setup()
     key = soak.estate.keys[0]
     # emergency: the seed may turn the two-person rule on; the revocation must act here
-    runbooks_for(soak.app).revoke(RevokeRequest(key=key, mode="disable", reason="soak", ticket="SOAK-F1",
+    soak.app.runbooks.revoke(RevokeRequest(key=key, mode="disable", reason="soak", ticket="SOAK-F1",
                                                 emergency=True), ONCALL, budget=timedelta(hours=1))
     soak.estate.key_client(key.vault_url).import_key(key.name, jwk_of(key_pool()[1]))
     return soak

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 import requests
 
-from shared.runbooks import resume_unfinished, runbooks_for
+from shared.runbooks import resume_unfinished
 from tests.ui.conftest import FUNCTION_KEY, ONCALL, Stack
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -149,10 +149,10 @@ def test_a_person_watches_a_revoke_run_progress_to_succeeded(stack: Stack, brows
     stop = threading.Event()
 
     def timer() -> None:
-        books = runbooks_for(stack.app)
+        books = stack.app.runbooks
         while not stop.is_set() and not books.get(run_id).run.finished:
             stack.world.clock.advance(timedelta(minutes=1))
-            resume_unfinished(stack.app, budget=timedelta(minutes=1))
+            resume_unfinished(stack.app.runbooks, budget=timedelta(minutes=1))
             time.sleep(0.3)
 
     sweeper = threading.Thread(target=timer, daemon=True)

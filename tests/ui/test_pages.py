@@ -16,7 +16,7 @@ from functions.ui import ui_blast_radius, ui_estate, ui_key, ui_run
 from sandbox.world import World
 from shared.auth import ROLE_READ, ROLE_REVOKE, Principal, encode_principal
 from shared.keyuri import parse_key_uri
-from shared.runbooks import RevokeRequest, runbooks_for
+from shared.runbooks import RevokeRequest
 from tests.app.estate import key_client
 from tests.app.test_runbooks import Rig, rig_for
 from tests.memory_journal import MemoryJournal
@@ -118,7 +118,7 @@ def test_the_estate_names_every_key_in_scope_as_html(rig: Rig) -> None:
 
 def test_no_secret_or_token_is_written_into_any_page(rig: Rig) -> None:
     key = parse_key_uri(rig.estate.key_uri, allowed_vaults=None)
-    view = runbooks_for(rig.app).revoke(RevokeRequest(key=key, mode="disable", reason="drill", ticket="T-1"),
+    view = rig.app.runbooks.revoke(RevokeRequest(key=key, mode="disable", reason="drill", ticket="T-1"),
                                         Principal("oid-1", "Alice", frozenset({ROLE_READ, ROLE_REVOKE})))
     pages = [
         ui_estate(http("ui")),
@@ -153,7 +153,7 @@ def test_the_key_page_shows_versions_bindings_verdicts_and_a_labelled_dry_run_fo
 
 def test_everything_shown_is_escaped(rig: Rig) -> None:
     key = parse_key_uri(rig.estate.key_uri, allowed_vaults=None)
-    view = runbooks_for(rig.app).revoke(RevokeRequest(key=key, mode="disable", reason=HOSTILE, ticket=HOSTILE),
+    view = rig.app.runbooks.revoke(RevokeRequest(key=key, mode="disable", reason=HOSTILE, ticket=HOSTILE),
                                         Principal("oid-1", HOSTILE, frozenset({ROLE_READ, ROLE_REVOKE})))
     for resp in (ui_run(http(f"ui/runs/{view.run.run_id}", route_params={"id": view.run.run_id})),
                  ui_estate(http("ui")), ui_key(http("ui/key", params={"key": rig.estate.key_uri}))):
@@ -186,7 +186,7 @@ def test_the_blast_radius_page_is_the_dry_run_and_changes_nothing(rig: Rig) -> N
     resp = ui_blast_radius(http("ui/blast-radius", params={"key": rig.estate.key_uri, "mode": "disable"}))
     assert resp.status_code == 200
     text = resp.get_body().decode()
-    doc = runbooks_for(rig.app).plan(parse_key_uri(rig.estate.key_uri, allowed_vaults=None), "disable")
+    doc = rig.app.runbooks.plan(parse_key_uri(rig.estate.key_uri, allowed_vaults=None), "disable")
     assert f"<strong>{doc['summary']['affected']}</strong> binding(s) reached" in text
     for b in doc["bindings"]:
         assert b["resourceId"] in text
@@ -196,7 +196,7 @@ def test_the_blast_radius_page_is_the_dry_run_and_changes_nothing(rig: Rig) -> N
 
 def test_the_run_page_refreshes_only_until_the_run_is_finished(rig: Rig) -> None:
     key = parse_key_uri(rig.estate.key_uri, allowed_vaults=None)
-    books = runbooks_for(rig.app)
+    books = rig.app.runbooks
     view = books.revoke(RevokeRequest(key=key, mode="disable", reason="drill", ticket="T-1"),
                         Principal("oid-1", "Alice", frozenset({ROLE_READ, ROLE_REVOKE})))
     live = ui_run(http(f"ui/runs/{view.run.run_id}", params={"part": "live"}, route_params={"id": view.run.run_id}))
