@@ -12,11 +12,12 @@ import threading
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Final
 
-from azure.core.exceptions import AzureError
-from azure.data.tables import TableClient, TableServiceClient
+from azure.core import MatchConditions
+from azure.core.exceptions import AzureError, ResourceModifiedError
+from azure.data.tables import TableClient, TableServiceClient, UpdateMode
 
-from shared.errors import TransientError, translate
-from shared.journal.model import JSON_MAX_PARTS, PROPERTY_MAX_CHARS
+from shared.errors import NotFoundError, TransientError, translate
+from shared.journal.model import JSON_MAX_PARTS, PROPERTY_MAX_CHARS, ConflictError
 
 # Azure Table queries accept at most 15 discrete comparisons in one filter.
 FILTER_MAX_TERMS: Final = 15
@@ -48,6 +49,26 @@ class LazyTable:
                 except AzureError as err:
                     raise translate(err, what=f"create table {self.name}") from err
             return self._client
+
+    def replace_if_unchanged(self, entity: dict[str, Any], *, etag: str, what: str, changed: str,
+                             gone: str | None = None) -> str:
+        """Replaces ``entity`` if the stored one still has ``etag``; returns the new ETag.
+
+        Raises ConflictError ``"{what}: {changed}"`` if it changed since; if it is gone,
+        ConflictError ``"{what}: {gone}"`` when ``gone`` is given, else the NotFoundError.
+        """
+        table = self()
+        try:
+            metadata = table.update_entity(entity, mode=UpdateMode.REPLACE, etag=etag,
+                                           match_condition=MatchConditions.IfNotModified)
+        except ResourceModifiedError as err:
+            raise ConflictError(f"{what}: {changed}") from err
+        except AzureError as err:
+            error = translate(err, what=what)
+            if gone is not None and isinstance(error, NotFoundError):
+                raise ConflictError(f"{what}: {gone}") from err
+            raise error from err
+        return etag_of(metadata)
 
     def query(self, query: str, parameters: dict[str, Any], *, what: str,
               page: int = MAX_QUERY_PAGE) -> Iterator[Any]:

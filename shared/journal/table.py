@@ -17,6 +17,7 @@ from azure.data.tables import TableServiceClient
 from shared.clock import Clock
 from shared.errors import ConfigError
 from shared.journal.model import Lease, Revocation, Run, Step
+from shared.journal.rules import _new_run, _now, _updated_run
 from shared.journal.storage import LazyTable
 from shared.journal.table_keys import LeaseTable, RevocationTable
 from shared.journal.table_runs import RunTable
@@ -35,7 +36,8 @@ class TableJournal:
     def __init__(
         self, service: TableServiceClient, *, clock: Clock, table_prefix: str = "keysteward"
     ) -> None:
-        self._runs = RunTable(LazyTable(service, f"{table_prefix}runs"), clock=clock)
+        self._clock = clock
+        self._runs = RunTable(LazyTable(service, f"{table_prefix}runs"))
         self._steps = StepTable(LazyTable(service, f"{table_prefix}steps"), clock=clock)
         self._leases = LeaseTable(LazyTable(service, f"{table_prefix}leases"), clock=clock)
         self._revocations = RevocationTable(LazyTable(service, f"{table_prefix}revocations"), clock=clock)
@@ -54,10 +56,10 @@ class TableJournal:
         params: Mapping[str, Any],
         status: str = "running",
     ) -> Run:
-        return self._runs.create_run(
-            kind=kind, key=key, caller_oid=caller_oid, caller_name=caller_name, reason=reason,
-            ticket=ticket, params=params, status=status,
-        )
+        return self._runs.insert(_new_run(
+            _now(self._clock), kind=kind, key=key, caller_oid=caller_oid, caller_name=caller_name,
+            reason=reason, ticket=ticket, params=params, status=status,
+        ))
 
     def get_run(self, run_id: str) -> Run:
         return self._runs.get_run(run_id)
@@ -75,7 +77,7 @@ class TableJournal:
         result: Mapping[str, Any] | None = None,
         params: Mapping[str, Any] | None = None,
     ) -> Run:
-        return self._runs.update_run(run, status=status, result=result, params=params)
+        return self._runs.replace(run, _updated_run(run, self._clock, status=status, result=result, params=params))
 
     def list_unfinished(self, older_than: datetime | None = None) -> list[Run]:
         return self._runs.list_unfinished(older_than)

@@ -18,7 +18,7 @@ from azure.data.tables import UpdateMode
 
 from shared.clock import Clock
 from shared.errors import NotFoundError, translate
-from shared.journal.model import ConflictError, Lease, Revocation
+from shared.journal.model import Lease, Revocation
 from shared.journal.rules import _now, _utc, key_hash
 from shared.journal.storage import LazyTable, entity_etag, etag_of
 
@@ -78,20 +78,10 @@ class LeaseTable:
 
     def renew_lease(self, lease: Lease, ttl: timedelta) -> Lease:
         renewed = dataclasses.replace(lease, expires=_now(self._clock) + ttl)
-        what = f"renew lease on {lease.key}"
-        try:
-            metadata = self._table().update_entity(
-                self._lease_entity(renewed), mode=UpdateMode.REPLACE,
-                etag=lease.etag, match_condition=MatchConditions.IfNotModified,
-            )
-        except ResourceModifiedError as err:
-            raise ConflictError(f"{what}: the lease was lost") from err
-        except AzureError as err:
-            error = translate(err, what=what)
-            if isinstance(error, NotFoundError):
-                raise ConflictError(f"{what}: the lease was released") from err
-            raise error from err
-        return dataclasses.replace(renewed, etag=etag_of(metadata))
+        etag = self._table.replace_if_unchanged(self._lease_entity(renewed), etag=lease.etag,
+                                                what=f"renew lease on {lease.key}",
+                                                changed="the lease was lost", gone="the lease was released")
+        return dataclasses.replace(renewed, etag=etag)
 
     def release_lease(self, lease: Lease) -> None:
         try:
@@ -153,17 +143,9 @@ class RevocationTable:
         what = f"update revocation {revocation.run_id}"
         entity = {"PartitionKey": key_hash(revocation.key), "RowKey": revocation.run_id, "Key": revocation.key,
                   "Mode": revocation.mode, "Created": revocation.created, "Restoring": restoring or ""}
-        try:
-            metadata = self._table().update_entity(entity, mode=UpdateMode.REPLACE, etag=revocation.etag,
-                                                       match_condition=MatchConditions.IfNotModified)
-        except ResourceModifiedError as err:
-            raise ConflictError(f"{what}: it changed since it was read") from err
-        except AzureError as err:
-            error = translate(err, what=what)
-            if isinstance(error, NotFoundError):
-                raise ConflictError(f"{what}: it was ended") from err
-            raise error from err
-        return dataclasses.replace(revocation, restoring=restoring, etag=etag_of(metadata))
+        etag = self._table.replace_if_unchanged(entity, etag=revocation.etag, what=what,
+                                                changed="it changed since it was read", gone="it was ended")
+        return dataclasses.replace(revocation, restoring=restoring, etag=etag)
 
     def end_revocation(self, *, key: str, run_id: str) -> None:
         try:

@@ -13,14 +13,11 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Final
 
-from azure.core import MatchConditions
-from azure.core.exceptions import AzureError, ResourceModifiedError
-from azure.data.tables import UpdateMode
+from azure.core.exceptions import AzureError
 
-from shared.clock import Clock
 from shared.errors import NotFoundError, ValidationError, translate
-from shared.journal.model import ConflictError, Run
-from shared.journal.rules import _new_run, _now, _updated_run, _utc, dump_json, key_hash, load_json, run_row_key
+from shared.journal.model import Run
+from shared.journal.rules import _utc, dump_json, key_hash, load_json, run_row_key
 from shared.journal.storage import (
     FILTER_MAX_TERMS,
     MAX_QUERY_PAGE,
@@ -37,11 +34,11 @@ _RUN_PARTITION: Final = "run"
 
 
 class RunTable:
-    """Runs and their key index in one table (``{prefix}runs``); the run half of :class:`~shared.journal.Journal`."""
+    """Runs and their key index in one table (``{prefix}runs``): stores the runs that
+    :class:`~shared.journal.TableJournal` builds with the shared rules, and reads them back."""
 
-    def __init__(self, table: LazyTable, *, clock: Clock) -> None:
+    def __init__(self, table: LazyTable) -> None:
         self._table = table
-        self._clock = clock
 
     def _run_entity(self, run: Run) -> dict[str, Any]:
         row = run_row_key(run.run_id)
@@ -82,26 +79,11 @@ class RunTable:
             etag=etag,
         )
 
-    def create_run(
-        self,
-        *,
-        kind: str,
-        key: str,
-        caller_oid: str,
-        caller_name: str,
-        reason: str,
-        ticket: str,
-        params: Mapping[str, Any],
-        status: str = "running",
-    ) -> Run:
-        now = _now(self._clock)
-        run = _new_run(
-            now, kind=kind, key=key, caller_oid=caller_oid, caller_name=caller_name,
-            reason=reason, ticket=ticket, params=params, status=status,
-        )
+    def insert(self, run: Run) -> Run:
+        """Stores the new ``run`` (built by the shared rules) with its key index entry."""
         entity = self._run_entity(run)
         index = {
-            "PartitionKey": f"key-{key_hash(key)}",
+            "PartitionKey": f"key-{key_hash(run.key)}",
             "RowKey": entity["RowKey"],
             "RunId": run.run_id,
             "Key": run.key,
@@ -163,25 +145,11 @@ class RunTable:
         entities = self._table.query(query, parameters, what="read runs")
         return [self._to_run(e, entity_etag(e)) for e in entities]
 
-    def update_run(
-        self,
-        run: Run,
-        *,
-        status: str | None = None,
-        result: Mapping[str, Any] | None = None,
-        params: Mapping[str, Any] | None = None,
-    ) -> Run:
-        updated = _updated_run(run, self._clock, status=status, result=result, params=params)
-        try:
-            metadata = self._table().update_entity(
-                self._run_entity(updated), mode=UpdateMode.REPLACE,
-                etag=run.etag, match_condition=MatchConditions.IfNotModified,
-            )
-        except ResourceModifiedError as err:
-            raise ConflictError(f"run {run.run_id} changed since it was read") from err
-        except AzureError as err:
-            raise translate(err, what=f"update run {run.run_id}") from err
-        return dataclasses.replace(updated, etag=etag_of(metadata))
+    def replace(self, run: Run, updated: Run) -> Run:
+        """Stores ``updated`` in place of ``run`` if the record is unchanged since ``run`` was read."""
+        etag = self._table.replace_if_unchanged(self._run_entity(updated), etag=run.etag,
+                                                what=f"update run {run.run_id}", changed="it changed since it was read")
+        return dataclasses.replace(updated, etag=etag)
 
     def list_unfinished(self, older_than: datetime | None = None) -> list[Run]:
         query = "PartitionKey eq @pk and Status eq @status"

@@ -24,7 +24,6 @@ from shared.journal.model import (
     PAGE_MAX_CHARS,
     PAGE_PARTS,
     STEP_RESULT_MAX_CHARS,
-    ConflictError,
     Step,
 )
 from shared.journal.rules import _check_index, _claim, _completed, _now, _utc, dump_json, load_json
@@ -181,13 +180,6 @@ class StepTable:
     ) -> Step:
         done = _completed(step, self._clock, status=status, result=result, error=error)
         what = f"complete step {step.index} ({step.name}) of run {step.run_id}"
-        try:
-            metadata = self._table().update_entity(
-                self._step_entity(done), mode=UpdateMode.REPLACE,
-                etag=step.etag, match_condition=MatchConditions.IfNotModified,
-            )
-        except ResourceModifiedError as err:
-            raise ConflictError(f"{what}: another owner took the step over") from err
-        except AzureError as err:
-            raise translate(err, what=what) from err
-        return dataclasses.replace(done, etag=etag_of(metadata))
+        etag = self._table.replace_if_unchanged(self._step_entity(done), etag=step.etag, what=what,
+                                                changed="another owner took the step over")
+        return dataclasses.replace(done, etag=etag)
