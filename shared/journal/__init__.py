@@ -62,8 +62,8 @@ Protocol and the limits; :mod:`~shared.journal.rules` the behaviour both impleme
 :mod:`~shared.journal.table` (:class:`TableJournal`, which delegates each call to the collaborator
 owning that table: :mod:`~shared.journal.table_runs`, :mod:`~shared.journal.table_steps`,
 :mod:`~shared.journal.table_keys` for leases and revocations) over
-:mod:`~shared.journal.storage` (tables created on first use, split JSON columns, ETags). Import
-from ``shared.journal``, never from a submodule.)
+:mod:`~shared.journal.storage` (tables created on first use, split JSON columns, ETags). Other
+modules import from ``shared.journal``, never from a submodule.)
 
 A value larger than its limit is replaced by ``{"truncated": true, "originalChars": n,
 "preview": "..."}`` rather than refused, because a step result is written after the step has

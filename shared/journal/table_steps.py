@@ -61,7 +61,6 @@ def _join_pages(pages: Mapping[str, Mapping[str, Any]], index: int, token: str, 
     return text
 
 
-
 class StepTable:
     """Steps and their result pages in one table (``{prefix}steps``); the step half of
     :class:`~shared.journal.Journal`."""
