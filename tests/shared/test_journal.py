@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -10,9 +12,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import pytest
+from azure.core.credentials import AccessToken
+from azure.core.exceptions import ServiceRequestError
+from azure.core.pipeline.transport import RequestsTransport
 from azure.data.tables import TableServiceClient
 
-from shared.errors import ConfigError, NotFoundError, PermanentError, ValidationError
+from shared.errors import ConfigError, NotFoundError, PermanentError, TransientError, ValidationError
 from shared.journal import (
     JSON_MAX_CHARS,
     PAGE_MAX_CHARS,
@@ -24,11 +29,12 @@ from shared.journal import (
     Step,
     TableJournal,
     from_connection_string,
+    from_identity,
     new_run_id,
     run_row_key,
     table_service,
 )
-from tests.azurite import Azurite
+from tests.azurite import ACCOUNT, ACCOUNT_KEY, Azurite
 from tests.memory_journal import MemoryJournal
 
 KEY = "https://vault-a.vault.azure.net/keys/cmk-a"
@@ -574,6 +580,111 @@ def test_table_service_understands_development_storage() -> None:
 def test_table_service_refuses_malformed_connection_strings(conn: str) -> None:
     with pytest.raises(ConfigError):
         table_service(conn)
+
+
+def _unreachable_table_uri() -> str:
+    """A loopback table endpoint nothing listens on (a port just freed)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    return f"http://127.0.0.1:{port}/{ACCOUNT}"
+
+
+class CountingCredential:
+    """A token credential that counts the tokens asked of it (the journal's first request asks one)."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+
+    def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+        self.requests += 1
+        return AccessToken("test-token", int(time.time()) + 3600)
+
+
+def test_building_a_journal_does_no_storage_io_and_its_first_call_fails_transiently(clock: FakeClock) -> None:
+    table_uri = _unreachable_table_uri()
+    conn = f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};TableEndpoint={table_uri};"
+    credential = CountingCredential()
+
+    by_string = from_connection_string(conn, clock=clock, table_prefix="unreached")  # would raise if it connected
+    by_identity = from_identity(table_uri.replace("http:", "https:"), credential, clock=clock,
+                                table_prefix="unreached")
+
+    assert credential.requests == 0  # not even a token: nothing was sent
+    with pytest.raises(TransientError, match="create table unreachedruns: connection failed"):
+        by_string.list_runs()
+    with pytest.raises(TransientError, match="create table unreachedsteps: connection failed"):
+        by_string.steps(new_run_id(clock.now()))
+    with pytest.raises(TransientError, match="create table unreachedleases: connection failed"):
+        by_identity.acquire_lease(KEY, owner="me", ttl=TTL)
+    assert credential.requests >= 1
+
+
+@pytest.mark.azurite
+def test_tables_are_created_on_first_use_once_per_table(azurite: Azurite, clock: FakeClock) -> None:
+    prefix = f"t{uuid.uuid4().hex[:12]}"
+    sent: list[tuple[str, str]] = []
+    lock = threading.Lock()
+
+    def record(request: Any) -> None:
+        with lock:
+            sent.append((request.http_request.method, request.http_request.url.split("?")[0]))
+
+    def table_creations() -> int:
+        return sum(1 for method, url in sent if method == "POST" and url.endswith("/Tables"))
+
+    observer = TableServiceClient.from_connection_string(azurite.connection_string)
+
+    def tables() -> list[str]:
+        return sorted(t.name for t in observer.list_tables() if t.name.startswith(prefix))
+
+    service = TableServiceClient.from_connection_string(azurite.connection_string, raw_request_hook=record)
+    journal = TableJournal(service, clock=clock, table_prefix=prefix)
+    assert (sent, tables()) == ([], [])
+
+    assert _race(8, lambda _n: journal.list_runs()) == [[]] * 8  # eight first calls at once
+    assert tables() == [f"{prefix}runs"]
+    assert table_creations() == 1
+
+    run = make_run(journal)
+    journal.steps(run.run_id)
+    assert tables() == [f"{prefix}runs", f"{prefix}steps"]
+    journal.acquire_lease(KEY, owner="me", ttl=TTL)
+    journal.revocations(KEY)
+    assert tables() == [f"{prefix}leases", f"{prefix}revocations", f"{prefix}runs", f"{prefix}steps"]
+    assert table_creations() == 4
+    service.close()
+    observer.close()
+
+
+class RefusingOnce(RequestsTransport):
+    """The wire refuses the first table creation, then behaves."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refused = False
+
+    def send(self, request: Any, **kwargs: Any) -> Any:
+        if not self.refused and request.method == "POST" and request.url.split("?")[0].endswith("/Tables"):
+            self.refused = True
+            raise ServiceRequestError("connection refused (test)")
+        return super().send(request, **kwargs)
+
+
+@pytest.mark.azurite
+def test_a_failed_table_creation_is_retried_by_the_next_call(azurite: Azurite, clock: FakeClock) -> None:
+    transport = RefusingOnce()
+    service = TableServiceClient.from_connection_string(azurite.connection_string, transport=transport,
+                                                        retry_total=0)
+    journal = TableJournal(service, clock=clock, table_prefix=f"t{uuid.uuid4().hex[:12]}")
+
+    with pytest.raises(TransientError, match="create table"):
+        make_run(journal)
+    run = make_run(journal)
+
+    assert transport.refused
+    assert journal.get_run(run.run_id) == run
+    service.close()
 
 
 @pytest.mark.azurite
