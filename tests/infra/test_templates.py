@@ -380,7 +380,9 @@ def test_storage_holds_queues_tables_and_containers(template: dict[str, Any]) ->
     assert template["variables"]["poisonQueueName"] == "[format('{0}-poison', parameters('workQueueName'))]"
     tables = _one(template, "Microsoft.Storage/storageAccounts/tableServices/tables")
     assert "parameters('tablePrefix')" in tables["name"]
-    assert template["variables"]["journalTables"] == ["runs", "steps", "leases"]
+    # Every table the app writes (shared/journal: runs, steps, leases, revocations;
+    # shared/idempotency: idempotency) exists before the first event or revocation needs it.
+    assert template["variables"]["journalTables"] == ["runs", "steps", "leases", "revocations", "idempotency"]
     assert "copy" in tables
     containers = {r["name"] for r in _of_type(template, "Microsoft.Storage/storageAccounts/blobServices/containers")}
     assert any("deploymentContainer" in c for c in containers)
