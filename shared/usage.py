@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
+from shared.keyuri import norm_vault_url
 from shared.model import Binding, KeyRef
 
 if TYPE_CHECKING:
@@ -397,10 +398,10 @@ def from_settings(settings: Settings, *, credential: TokenCredential, clock: Clo
         if conn.logs_url:
             endpoint = conn.logs_url
         kwargs["connection_verify"] = conn.ca_bundle
-        by_url = {url.rstrip("/").lower(): name for name, url in conn.vaults.items()}
+        by_url = {norm_vault_url(url): name for name, url in conn.vaults.items()}
 
         def vault_name(url: str) -> str:  # sandbox vaults listen on loopback ports; their names are in the file
-            return by_url.get(url.rstrip("/").lower()) or KeyRef(url, "x").vault_name
+            return by_url.get(norm_vault_url(url)) or KeyRef(url, "x").vault_name
 
     if transport_factory is not None:
         kwargs["transport"] = transport_factory()

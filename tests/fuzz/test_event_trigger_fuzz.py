@@ -43,6 +43,7 @@ from shared.errors import TransientError
 from shared.events import IgnoredEvent, KeyEventType, KeyVaultEvent, MalformedEvent, parse_event
 from shared.idempotency import MemoryIdempotencyStore
 from shared.notify import RecordingNotifier
+from shared.propagation import Propagation
 from shared.workqueue import MemoryQueue
 from tests.app.estate import Estate, make_estate, steward
 
@@ -388,7 +389,11 @@ def test_a_key_event_raises_transient_error_when_azure_fails(
     )
     # Every example is a first delivery: forget the ids and passes earlier examples recorded
     # (a redelivered id or an already reconciled version is a no-op that never reaches Azure).
-    bench.app.idempotency = MemoryIdempotencyStore(bench.world.clock)
+    app = bench.app
+    app.idempotency = MemoryIdempotencyStore(bench.world.clock)
+    app.propagation = Propagation(settings=app.settings, keys=app.keys, targets=app.targets, inventory=app.inventory,
+                                  notifier=app.notifier, queue=app.queue, idempotency=app.idempotency,
+                                  reconciler=app.reconciler)
     bench.world.faults.set_rules([_rule(rule)])
     try:
         kind = deliver(bench, event, faults=True)
