@@ -1,6 +1,6 @@
 """The sandbox's state model: vaults with their keys, ARM resources, identities, operations.
 
-Everything here is plain data guarded by ``World.lock``; route handlers in ``keyvault.py``,
+Everything here is plain data guarded by ``World.lock``; route handlers in ``keyvault/``,
 ``arm/`` and ``admin.py`` mutate it, and ``services.py`` reads it as time passes.
 The one piece of shared semantics lives here too: :func:`key_access`, the question every
 simulated service asks when it uses its key ("can identity P wrap/unwrap with this key now?").
