@@ -52,7 +52,7 @@ class _Dispatch:
     def pump(self, now: datetime) -> None:
         """Sends everything due at ``now``; returns when nothing more is due.
 
-        Does nothing while the calling thread holds ``world.lock`` (see the module docstring).
+        Does nothing while the calling thread holds ``world.lock`` (see :mod:`sandbox.eventgrid`, "Locking").
         """
         is_owned = getattr(self.world.lock, "_is_owned", None)
         if is_owned is not None and is_owned():
