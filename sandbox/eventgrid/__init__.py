@@ -33,50 +33,14 @@ one exchange, the handshakes and headers Event Grid sends, CloudEvents rendering
 from __future__ import annotations
 
 from sandbox.eventgrid.bus import EventGridBus
-from sandbox.eventgrid.model import (
-    CLOUD_EVENT_SCHEMA,
-    CLOUD_EVENTS_BATCH,
-    DEFAULT_MAX_ATTEMPTS,
-    DEFAULT_TTL,
-    DUPLICATE_DELAY_S,
-    EVENT_GRID_SCHEMA,
-    NOT_RETRIED,
-    RETRY_LATER_S,
-    RETRY_SCHEDULE_S,
-    SCHEMAS,
-    SEND_TIMEOUT_S,
-    VALIDATION_EVENT_TYPE,
-    VALIDATION_ORIGIN,
-    Delivery,
-    JsonObj,
-    LocalEndpoint,
-    Subscription,
-    retry_delay_s,
-)
-from sandbox.eventgrid.webhook import WebhookSender, deliver, render, validate
+from sandbox.eventgrid.model import RETRY_SCHEDULE_S, SCHEMAS, Delivery, LocalEndpoint, Subscription, retry_delay_s
 
 __all__ = [
-    "CLOUD_EVENTS_BATCH",
-    "CLOUD_EVENT_SCHEMA",
-    "DEFAULT_MAX_ATTEMPTS",
-    "DEFAULT_TTL",
-    "DUPLICATE_DELAY_S",
-    "EVENT_GRID_SCHEMA",
-    "NOT_RETRIED",
-    "RETRY_LATER_S",
     "RETRY_SCHEDULE_S",
     "SCHEMAS",
-    "SEND_TIMEOUT_S",
-    "VALIDATION_EVENT_TYPE",
-    "VALIDATION_ORIGIN",
     "Delivery",
     "EventGridBus",
-    "JsonObj",
     "LocalEndpoint",
     "Subscription",
-    "WebhookSender",
-    "deliver",
-    "render",
     "retry_delay_s",
-    "validate",
 ]
