@@ -189,7 +189,9 @@ class Settings:
 
     sandbox_connection: SandboxConnection | None = field(default=None, compare=False, repr=False)
     """The parsed KEYSTEWARD_SANDBOX file, read once when the settings are built (``None`` without a
-    sandbox); a missing or broken file fails there, with ConfigError naming KEYSTEWARD_SANDBOX."""
+    sandbox); a missing or broken file fails there, with ConfigError naming KEYSTEWARD_SANDBOX.
+    Not compared. ``dataclasses.replace`` with another ``sandbox`` must pass ``sandbox_connection=None``
+    too, or the copy keeps the old file's connection."""
 
     def __post_init__(self) -> None:
         if self.sandbox and self.sandbox_connection is None:
