@@ -397,7 +397,7 @@ def _page(
     return json_response(200, body)
 
 
-# ---- routes ---------------------------------------------------------------------------------
+# ---- the router (the route modules register on it) -------------------------------------------
 
 ROUTER = Router(case_insensitive=True)
 _N = r"(?P<name>[^/]+)"
