@@ -343,7 +343,7 @@ def _consumer_result(world: World, c: Consumer) -> tuple[int, str]:
         return 404, f"Key version {c.version} was not found."
     if not kv.enabled:
         return 403, "Operation unwrapKey is not allowed on a disabled key."
-    # Unwrap is the private half: Key Vault allows it outside nbf/exp (see keyvault._OPS).
+    # Unwrap is the private half: Key Vault allows it outside nbf/exp (see keyvault.crypto._OPS).
     return 200, ""
 
 

@@ -1,7 +1,7 @@
 """The sandbox's state model: vaults with their keys, ARM resources, identities, operations.
 
-Everything here is plain data guarded by ``World.lock``; route handlers in ``keyvault.py``,
-``arm/`` and ``admin.py`` mutate it, and ``services.py`` reads it as time passes.
+Everything here is plain data guarded by ``World.lock``; route handlers in ``keyvault/``,
+``arm/`` and ``admin.py`` mutate it, and ``services/`` reads it as time passes.
 The one piece of shared semantics lives here too: :func:`key_access`, the question every
 simulated service asks when it uses its key ("can identity P wrap/unwrap with this key now?").
 """
@@ -116,7 +116,7 @@ class ArmResource:
     sku: JsonObj | None = None
     kind: str | None = None
     etag: str = field(default_factory=lambda: f'"{uuid.uuid4()}"')
-    # Simulation bookkeeping for services.py (never serialised).
+    # Simulation bookkeeping for sandbox.services (never serialised).
     sim: JsonObj = field(default_factory=dict)
 
     def new_etag(self) -> None:
@@ -146,7 +146,7 @@ class Operation:
 class AccessResult:
     ok: bool
     version: str | None
-    code: str  # "" when ok; else a short cause code (see services.py for the per-service mapping)
+    code: str  # "" when ok; else a short cause code (see sandbox.services.status for the per-service mapping)
     reason: str
 
 

@@ -28,7 +28,7 @@ class Service:
     VAULT = "vault"
     ADMIN = "admin"
     TOPIC = "topic"  # an Event Grid custom topic's publish endpoint
-    LOGS = "logs"  # the Log Analytics query API (sandbox/logs.py)
+    LOGS = "logs"  # the Log Analytics query API (sandbox/logs/)
 
 
 @dataclass

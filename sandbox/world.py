@@ -1,9 +1,9 @@
 """The sandbox world: one state model behind every way in.
 
 ``World.handle`` is the whole request pipeline: log -> faults -> challenge/auth -> throttle ->
-route -> catch up with time. Route tables live in ``keyvault.py`` (data plane), ``arm/``
+route -> catch up with time. Route tables live in ``keyvault/`` (data plane), ``arm/``
 (management plane) and ``admin.py`` (``/sandbox/...``); time-driven behaviour in
-``services.py`` (simulated service key use, LRO completion), ``keyvault.py`` (expiry events,
+``services/`` (simulated service key use, LRO completion), ``keyvault/lifecycle.py`` (expiry events,
 auto-rotation) and ``eventgrid.py`` (webhook delivery).
 """
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Final, TypedDict
+from typing import Any, Final, TypedDict
 
 from shared.errors import ConfigError
 from shared.keyuri import normalize_vault_url
@@ -23,9 +23,22 @@ from shared.model import ServiceType
 # within 24 hours of a rotation. A setting may raise this, never lower it.
 MIN_RETENTION_HOURS = 24
 
+# The connection file's keys (a contract: external tests read the file too). ``SANDBOX_REQUIRED``
+# must be present; the others are optional: ``pid``, ``clock_mode``, ``logs_url``,
+# ``audit_workspace_id`` and ``vault_credential_scopes`` (written, read by no client here).
+SANDBOX_REQUIRED: Final = ("arm_url", "admin_url", "ca_bundle", "tenant_id", "subscriptions", "vaults",
+                           "credential_scopes")
+
+
 @dataclass(frozen=True)
 class SandboxConnection:
-    """The sandbox's connection file (written by ``python -m sandbox serve``)."""
+    """The sandbox's connection file (written by ``python -m sandbox serve``): the one parser of it.
+
+    URLs carry no trailing ``/``; vault names are lower-cased (Azure's vault names are
+    case-insensitive). Key Vault clients need ``verify_challenge_resource=False`` (the challenge
+    names vault.azure.net while the URL is 127.0.0.1) and ``connection_verify=ca_bundle``;
+    management clients need ``base_url=arm_url``, ``credential_scopes`` and ``connection_verify``.
+    """
 
     arm_url: str
     admin_url: str
@@ -33,27 +46,71 @@ class SandboxConnection:
     tenant_id: str
     subscriptions: tuple[str, ...]
     vaults: dict[str, str]
+    """Vault name (lower-case) -> vault URL; reflects the moment the file was last written."""
     credential_scopes: tuple[str, ...]
+    pid: int | None = None
+    """The sandbox server's process id."""
+    clock_mode: str | None = None
     logs_url: str | None = None
+    """The endpoint to give ``LogsQueryClient``; ``None`` for a sandbox that predates it."""
     audit_workspace_id: str | None = None
+    """The Log Analytics workspace that receives every vault's audit records."""
 
     @staticmethod
-    def load(path: str) -> SandboxConnection:
+    def parse(data: object) -> SandboxConnection:
+        """Builds the connection from the file's JSON; raises ValueError naming what is wrong."""
+        if not isinstance(data, dict):
+            raise ValueError("the connection file must hold a JSON object")  # noqa: TRY004 - a bad file, not a bad call
+        missing = [k for k in SANDBOX_REQUIRED if k not in data]
+        if missing:
+            raise ValueError(f"the connection file lacks {', '.join(missing)}")
         try:
-            raw = json.loads(Path(path).read_text(encoding="utf-8"))
             return SandboxConnection(
-                arm_url=str(raw["arm_url"]).rstrip("/"),
-                admin_url=str(raw["admin_url"]).rstrip("/"),
-                ca_bundle=str(raw["ca_bundle"]),
-                tenant_id=str(raw["tenant_id"]),
-                subscriptions=tuple(str(s) for s in raw["subscriptions"]),
-                vaults={str(k): str(v) for k, v in dict(raw["vaults"]).items()},
-                credential_scopes=tuple(str(s) for s in raw["credential_scopes"]),
-                logs_url=str(raw["logs_url"]).rstrip("/") if raw.get("logs_url") else None,
-                audit_workspace_id=str(raw["audit_workspace_id"]) if raw.get("audit_workspace_id") else None,
+                arm_url=str(data["arm_url"]).rstrip("/"),
+                admin_url=str(data["admin_url"]).rstrip("/"),
+                ca_bundle=str(data["ca_bundle"]),
+                tenant_id=str(data["tenant_id"]),
+                subscriptions=tuple(str(s) for s in data["subscriptions"]),
+                vaults={str(k).lower(): str(v) for k, v in dict(data["vaults"]).items()},
+                credential_scopes=tuple(str(s) for s in data["credential_scopes"]),
+                pid=int(data["pid"]) if data.get("pid") is not None else None,
+                clock_mode=str(data["clock_mode"]) if data.get("clock_mode") else None,
+                logs_url=str(data["logs_url"]).rstrip("/") if data.get("logs_url") else None,
+                audit_workspace_id=str(data["audit_workspace_id"]) if data.get("audit_workspace_id") else None,
             )
-        except (OSError, ValueError, KeyError, TypeError) as err:
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"the connection file has a malformed value: {err}") from err
+
+    @staticmethod
+    def load(path: str | Path) -> SandboxConnection:
+        """Reads and parses the file; raises ConfigError naming KEYSTEWARD_SANDBOX (missing,
+        unreadable, not JSON, or lacking a key)."""
+        try:
+            return SandboxConnection.parse(json.loads(Path(path).read_text(encoding="utf-8")))
+        except (OSError, ValueError) as err:
             raise ConfigError(f"KEYSTEWARD_SANDBOX: cannot read connection file {path}: {err}") from err
+
+    def vault_url(self, name: str) -> str:
+        """The URL of vault ``name``; raises KeyError for a vault the file does not list."""
+        return self.vaults[name.lower()]
+
+    def key_client_kwargs(self) -> dict[str, Any]:
+        """Arguments for ``KeyClient`` (and the other Key Vault data-plane clients)."""
+        return {"verify_challenge_resource": False, "connection_verify": self.ca_bundle}
+
+    def mgmt_client_kwargs(self) -> dict[str, Any]:
+        """Arguments for the ``azure.mgmt`` clients."""
+        return {
+            "base_url": self.arm_url,
+            "credential_scopes": list(self.credential_scopes),
+            "connection_verify": self.ca_bundle,
+        }
+
+    def logs_client_kwargs(self) -> dict[str, Any]:
+        """Arguments for ``LogsQueryClient`` (raises KeyError when the sandbox predates ``logs_url``)."""
+        if not self.logs_url:
+            raise KeyError("logs_url")
+        return {"endpoint": self.logs_url, "connection_verify": self.ca_bundle}
 
 
 @dataclass(frozen=True)
@@ -130,9 +187,16 @@ class Settings:
     logs_endpoint: str = "https://api.loganalytics.io"
     """KEYSTEWARD_LOGS_ENDPOINT (https://api.loganalytics.io): Log Analytics query endpoint (sovereign clouds)."""
 
-    @property
-    def sandbox_connection(self) -> SandboxConnection | None:
-        return SandboxConnection.load(self.sandbox) if self.sandbox else None
+    sandbox_connection: SandboxConnection | None = field(default=None, compare=False, repr=False)
+    """The parsed KEYSTEWARD_SANDBOX file, read once when the settings are built (``None`` without a
+    sandbox); a missing or broken file fails there, with ConfigError naming KEYSTEWARD_SANDBOX.
+    Not compared. ``dataclasses.replace`` with another ``sandbox`` must pass ``sandbox_connection=None``
+    too, or the copy keeps the old file's connection."""
+
+    def __post_init__(self) -> None:
+        if self.sandbox and self.sandbox_connection is None:
+            # Frozen: the one place the field is filled, at construction.
+            object.__setattr__(self, "sandbox_connection", SandboxConnection.load(self.sandbox))
 
     @property
     def has_storage(self) -> bool:
@@ -267,10 +331,10 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     sandbox = (env.get("KEYSTEWARD_SANDBOX") or "").strip() or None
     subscriptions = tuple(s.lower() for s in _csv(env.get("KEYSTEWARD_SUBSCRIPTIONS")))
     vault_texts = _csv(env.get("KEYSTEWARD_VAULTS"))
-    if sandbox:
-        conn = SandboxConnection.load(sandbox)
+    conn = SandboxConnection.load(sandbox) if sandbox else None
+    if conn is not None:
         # In sandbox mode vault names may be given instead of URLs (their ports are dynamic).
-        vault_texts = tuple(conn.vaults.get(v, v) for v in vault_texts) or tuple(conn.vaults.values())
+        vault_texts = tuple(conn.vaults.get(v.lower(), v) for v in vault_texts) or tuple(conn.vaults.values())
         subscriptions = subscriptions or tuple(s.lower() for s in conn.subscriptions)
     if not subscriptions:
         raise ConfigError("KEYSTEWARD_SUBSCRIPTIONS is required: comma-separated subscription ids to watch")
@@ -293,6 +357,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         subscriptions=subscriptions,
         vaults=vaults,
         sandbox=sandbox,
+        sandbox_connection=conn,
         storage_connection=(env.get(STORAGE) or "").strip() or None,
         storage_queue_uri=queue_uri,
         storage_table_uri=table_uri,

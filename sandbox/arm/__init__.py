@@ -19,7 +19,7 @@ Answers what the official management SDKs send (azure-mgmt-keyvault, -kusto, -co
 Each shape cites its REST spec file and api-version beside its code; ``sandbox/README.md`` has the
 table and says where the sandbox still guesses.
 * Operation status at ``/subscriptions/{sub}/providers/{ns}/locations/{loc}/operationResults|
-  operationsStatus/{id}``; operations complete on sandbox time (see ``services.py``).
+  operationsStatus/{id}``; operations complete on sandbox time (see ``services/effects.py``).
 * Resource Graph ``POST /providers/Microsoft.ResourceGraph/resources`` with a small, honest
   subset of KQL (see :func:`_parse_query`).
 

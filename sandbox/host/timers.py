@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import threading
@@ -19,6 +18,8 @@ from azure.functions.timer import TimerRequest
 
 from sandbox.host.loading import FunctionSpec, TimerTriggerSpec, call_user_function
 from sandbox.host.settings import SANDBOX_SETTING
+from shared.config import SandboxConnection
+from shared.errors import ConfigError
 
 LOG = logging.getLogger("sandbox.host")  # one logger for the whole host (the same object as settings.LOG)
 
@@ -69,11 +70,10 @@ class SandboxTimeSource:
 
     def _connect(self) -> tuple[requests.Session, str]:
         try:
-            doc = json.loads(self.connection_file.read_text(encoding="utf-8"))
-            admin_url = str(doc["admin_url"]).rstrip("/")
-            ca_bundle = str(doc["ca_bundle"])
-        except (OSError, ValueError, KeyError, TypeError) as err:
+            conn = SandboxConnection.load(self.connection_file)
+        except ConfigError as err:
             raise TimeSourceError(f"cannot read the sandbox connection file {self.connection_file}: {err}") from err
+        admin_url, ca_bundle = conn.admin_url, conn.ca_bundle
         session = requests.Session()
         # Passed per request too: requests lets REQUESTS_CA_BUNDLE override a session-level verify.
         session.verify = ca_bundle

@@ -182,10 +182,17 @@ def fake_sandbox(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]]:
     ca.cert_pem.write_to_path(str(ca_file))
     conn = tmp_path / "sandbox.json"
     port = server.server_address[1]
-    conn.write_text(json.dumps({"admin_url": f"https://127.0.0.1:{port}/", "ca_bundle": str(ca_file)}))
+    conn.write_text(_connection_file(f"https://127.0.0.1:{port}/", ca_file))
     yield conn, state
     server.shutdown()
     server.server_close()
+
+
+def _connection_file(admin_url: str, ca_file: Path) -> str:
+    """A complete connection file (the host reads it with the one parser, which wants every key);
+    only ``admin_url`` and ``ca_bundle`` matter to the clock."""
+    return json.dumps({"arm_url": "https://127.0.0.1:9", "admin_url": admin_url, "ca_bundle": str(ca_file),
+                       "tenant_id": "t", "subscriptions": [], "vaults": {}, "credential_scopes": []})
 
 
 def test_sandbox_clock_reads_the_sandbox_time(fake_sandbox: tuple[Path, dict[str, str]]) -> None:
@@ -202,9 +209,13 @@ def test_sandbox_clock_unreachable_raises_time_source_error(tmp_path: Path) -> N
     with pytest.raises(TimeSourceError):
         SandboxTimeSource(tmp_path / "missing.json").now()
     conn = tmp_path / "sandbox.json"
-    conn.write_text(json.dumps({"admin_url": "https://127.0.0.1:9", "ca_bundle": str(tmp_path / "ca.pem")}))
+    conn.write_text(_connection_file("https://127.0.0.1:9", tmp_path / "ca.pem"))
     with pytest.raises(TimeSourceError):
         SandboxTimeSource(conn, timeout=0.5).now()
+    partial = tmp_path / "partial.json"
+    partial.write_text(json.dumps({"admin_url": "https://127.0.0.1:9", "ca_bundle": str(tmp_path / "ca.pem")}))
+    with pytest.raises(TimeSourceError, match="lacks arm_url"):
+        SandboxTimeSource(partial, timeout=0.5).now()
 
 
 def test_without_the_sandbox_setting_the_wall_clock_is_used() -> None:
