@@ -408,20 +408,6 @@ MAX_AUDIT_TOP = 1000
 _GUID_CHARS = frozenset("0123456789abcdef-")
 
 
-def _finite(env: Mapping[str, str], name: str, default: float, *, low: float, high: float) -> float:
-    """A number in [low, high]; NaN, infinities and text are refused."""
-    raw = env.get(name)
-    if raw is None or not raw.strip():
-        return default
-    try:
-        value = float(raw)
-    except ValueError as err:
-        raise ConfigError(f"{name}: {raw!r} is not a number") from err
-    if not math.isfinite(value) or not low <= value <= high:
-        raise ConfigError(f"{name}: {raw.strip()!r} must be a finite number between {low:g} and {high:g}")
-    return value
-
-
 class _AuditSettings(TypedDict):
     audit_workspace: str | None
     audit_table: str
@@ -444,7 +430,7 @@ def _audit_settings(env: Mapping[str, str]) -> _AuditSettings:
     return _AuditSettings(
         audit_workspace=workspace,
         audit_table=match[0],
-        audit_lookback=timedelta(days=_finite(env, "KEYSTEWARD_AUDIT_LOOKBACK_DAYS", 7, low=0.01, high=730)),
-        audit_top=int(_finite(env, "KEYSTEWARD_AUDIT_TOP", 50, low=1, high=MAX_AUDIT_TOP)),
+        audit_lookback=timedelta(days=_number(env, "KEYSTEWARD_AUDIT_LOOKBACK_DAYS", 7, minimum=0.01, maximum=730)),
+        audit_top=int(_number(env, "KEYSTEWARD_AUDIT_TOP", 50, minimum=1, maximum=MAX_AUDIT_TOP)),
         logs_endpoint=endpoint,
     )

@@ -60,7 +60,7 @@ class InvalidUriError(ValidationError, ValueError):
     """
 
 
-def _clip(text: str) -> str:
+def clip(text: str) -> str:
     """Quotes a short ASCII-escaped prefix of ``text`` for an error message.
 
     At most ``_CLIP`` characters and ``2 * _CLIP`` characters once escaped (an escaped
@@ -75,7 +75,7 @@ def _clip(text: str) -> str:
 
 
 def _fail(field: str, text: str, why: str) -> InvalidUriError:
-    return InvalidUriError(f"invalid {field} {_clip(text)}: {why}", field=field)
+    return InvalidUriError(f"invalid {field} {clip(text)}: {why}", field=field)
 
 
 def _check_text(text: object, *, field: str) -> str:

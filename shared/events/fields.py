@@ -10,7 +10,6 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Final
 
 from shared.events.model import (
-    _CLIP,
     _WHITESPACE,
     MAX_DATA_BYTES,
     MAX_DATA_FIELDS,
@@ -18,21 +17,8 @@ from shared.events.model import (
     MAX_TIMESTAMP,
     MalformedEvent,
 )
+from shared.keyuri import clip as _clip
 from shared.model import KeyRef
-
-
-def _clip(value: str) -> str:
-    """Quotes a short ASCII-escaped prefix of ``value`` for an error message.
-
-    At most ``_CLIP`` characters and ``2 * _CLIP`` characters once escaped (an escaped
-    astral character takes ten), with the full length when something was cut.
-    """
-    n = min(len(value), _CLIP)
-    while len(ascii(value[:n])) > 2 * _CLIP:
-        n //= 2
-    if n == len(value):
-        return ascii(value)
-    return f"{value[:n]!a}... ({len(value)} characters)"
 
 
 def _type_name(value: object) -> str:

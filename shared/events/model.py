@@ -23,8 +23,6 @@ MAX_DATA_BYTES: Final = 64 * 1024  # serialised data object, or a whole serialis
 MAX_DATA_FIELDS: Final = 64  # Key Vault sends 7
 # datetime's upper bound (9999-12-31T23:59:59Z); anything later cannot be a real date.
 MAX_TIMESTAMP: Final = 253_402_300_799
-# Longest slice of a rejected value quoted back in an error message.
-_CLIP: Final = 60
 _WHITESPACE: Final = " \t\r\n\f\v"
 
 

@@ -12,7 +12,6 @@ from shared.errors import ValidationError
 from shared.events.fields import (
     _ARM_VAULT,
     _VAULT_NAME,
-    _clip,
     _decode_json_object,
     _envelope_text,
     _event_time,
@@ -39,6 +38,7 @@ from shared.events.model import (
     KeyVaultEvent,
     MalformedEvent,
 )
+from shared.keyuri import clip as _clip
 from shared.keyuri import parse_key_uri
 
 # --- entry points ----------------------------------------------------------------------
