@@ -175,7 +175,7 @@ class Settings:
     verify_deadline: timedelta = timedelta(minutes=15)
     """KEYSTEWARD_VERIFY_DEADLINE_MINUTES (15): how long a runbook waits for services to confirm."""
     table_prefix: str = "keysteward"
-    """KEYSTEWARD_TABLE_PREFIX (keysteward): prefix of the journal's tables."""
+    """KEYSTEWARD_TABLE_PREFIX (keysteward): prefix of the tables (a letter, then letters and digits, at most 52)."""
     audit_workspace: str | None = None
     """KEYSTEWARD_AUDIT_WORKSPACE: Log Analytics workspace id with the vaults' audit logs; unset: no usage evidence."""
     audit_table: str = "AZKVAuditLogs"
@@ -249,6 +249,25 @@ def _storage_identity(env: Mapping[str, str]) -> tuple[str | None, str | None]:
 
 def _csv(raw: str | None) -> tuple[str, ...]:
     return tuple(p.strip() for p in (raw or "").split(",") if p.strip())
+
+
+# Table storage names: a letter, then letters and digits, 3 to 63 characters. The longest table
+# keysteward writes is {prefix}idempotency (shared/idempotency.py) or {prefix}revocations (11).
+MAX_TABLE_PREFIX = 63 - len("idempotency")
+
+
+def _table_prefix(env: Mapping[str, str]) -> str:
+    """KEYSTEWARD_TABLE_PREFIX, checked at start: a bad one would otherwise fail at the first
+    table creation, on a revoke path."""
+    name = "KEYSTEWARD_TABLE_PREFIX"
+    value = (env.get(name) or "keysteward").strip()
+    if not (value[:1].isascii() and value[:1].isalpha() and value.isascii() and value.isalnum()):
+        raise ConfigError(f"{name}: {value!r} must start with a letter and hold only letters and digits "
+                          "(Azure Table storage names)")
+    if len(value) > MAX_TABLE_PREFIX:
+        raise ConfigError(f"{name}: {len(value)} characters; at most {MAX_TABLE_PREFIX} (table names end in "
+                          "'idempotency' and are at most 63 characters)")
+    return value
 
 
 def _number(env: Mapping[str, str], name: str, default: float, *, minimum: float, maximum: float) -> float:
@@ -395,7 +414,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         # A day: a verification still pending then is an incident, not a wait.
         verify_deadline=timedelta(minutes=_number(env, "KEYSTEWARD_VERIFY_DEADLINE_MINUTES", 15, minimum=0,
                                                   maximum=24 * 60)),
-        table_prefix=(env.get("KEYSTEWARD_TABLE_PREFIX") or "keysteward").strip(),
+        table_prefix=_table_prefix(env),
         **_audit_settings(env),
     )
 
