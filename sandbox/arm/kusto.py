@@ -79,6 +79,17 @@ def _cluster_patch(props: JsonObj) -> JsonObj:
     return patch
 
 
+def _kusto_operation(world: World, req: Request, res: ArmResource, kind: str, patch: JsonObj, *,
+                     creating: bool) -> dict[str, str]:
+    """Starts a cluster or database operation (Azure-AsyncOperation + Location on
+    ``Microsoft.Kusto/locations/{loc}/operationResults``). A create carries only the key vault
+    properties to apply at the end and never fails; an update applies the whole patch and may."""
+    if creating:
+        patch = {"keyVaultProperties": patch["keyVaultProperties"]} if patch.get("keyVaultProperties") else {}
+    return _start_operation(world, req, res, provider="Microsoft.Kusto", segment="operationResults", kind=kind,
+                            patch=patch, can_fail=not creating)
+
+
 def _cluster_json_response(status: int, res: ArmResource, headers: dict[str, str] | None = None) -> Response:
     return json_response(status, resource_json(res), {"ETag": res.etag, **(headers or {})})
 
@@ -130,16 +141,7 @@ def put_cluster(world: World, req: Request, m: _re.Match[str]) -> Response:
     _index_name(world, res)
     world.resources[rid.lower()] = res
     res.sim["creating"] = True
-    headers = _start_operation(
-        world,
-        req,
-        res,
-        provider="Microsoft.Kusto",
-        segment="operationResults",
-        kind="ClusterCreate",
-        patch={"keyVaultProperties": patch["keyVaultProperties"]} if patch.get("keyVaultProperties") else {},
-        can_fail=False,
-    )
+    headers = _kusto_operation(world, req, res, "ClusterCreate", patch, creating=True)
     return _cluster_json_response(201, res, headers)
 
 
@@ -166,16 +168,7 @@ def _update_cluster(world: World, req: Request, res: ArmResource, body: JsonObj)
     res.properties["state"] = "Updating"
     # Kusto's ProvisioningState enum has no "Updating": a running operation shows as "Running".
     res.properties["provisioningState"] = "Running"
-    headers = _start_operation(
-        world,
-        req,
-        res,
-        provider="Microsoft.Kusto",
-        segment="operationResults",
-        kind="ServiceConfigurationAlter",
-        patch=patch,
-        can_fail=True,
-    )
+    headers = _kusto_operation(world, req, res, "ServiceConfigurationAlter", patch, creating=False)
     res.new_etag()
     return _cluster_json_response(202, res, headers)
 
@@ -290,16 +283,7 @@ def put_database(world: World, req: Request, m: _re.Match[str]) -> Response:
     res.sim["cluster"] = cluster.id
     world.resources[rid.lower()] = res
     res.sim["creating"] = True
-    headers = _start_operation(
-        world,
-        req,
-        res,
-        provider="Microsoft.Kusto",
-        segment="operationResults",
-        kind="DatabaseCreate",
-        patch={"keyVaultProperties": patch["keyVaultProperties"]} if patch.get("keyVaultProperties") else {},
-        can_fail=False,
-    )
+    headers = _kusto_operation(world, req, res, "DatabaseCreate", patch, creating=True)
     return json_response(201, resource_json(res), headers)
 
 
@@ -311,16 +295,7 @@ def _update_database(world: World, req: Request, res: ArmResource, body: JsonObj
         res.location = body["location"]
     # Kusto ProvisioningState has no "Updating": a running operation shows as "Running".
     res.properties["provisioningState"] = "Running"
-    headers = _start_operation(
-        world,
-        req,
-        res,
-        provider="Microsoft.Kusto",
-        segment="operationResults",
-        kind="DatabaseUpdate",
-        patch=patch,
-        can_fail=True,
-    )
+    headers = _kusto_operation(world, req, res, "DatabaseUpdate", patch, creating=False)
     return json_response(202, resource_json(res), headers)
 
 

@@ -147,7 +147,9 @@ class Binding:
 def binding_for(world: World, rtype: str, properties: JsonObj, identity: JsonObj | None) -> Binding | None:
     """The CMK binding described by a resource's properties; None when it uses Microsoft keys."""
     rtype = rtype.lower()
-    if rtype == KUSTO_CLUSTERS:
+    if rtype in (KUSTO_CLUSTERS, KUSTO_DATABASES):
+        # The same keyVaultProperties on both; a database with its own key uses it through its
+        # cluster's identity (``identity`` here, see :func:`identity_of`).
         kvp = properties.get("keyVaultProperties")
         if not isinstance(kvp, dict) or not kvp.get("keyVaultUri") or not kvp.get("keyName"):
             return None
@@ -163,17 +165,6 @@ def binding_for(world: World, rtype: str, properties: JsonObj, identity: JsonObj
             return None
         principal = cosmos_principal(world, identity, properties.get("defaultIdentity"))
         return Binding(parsed[0], parsed[1], parsed[2], principal, _base_of(str(uri)))
-    if rtype == KUSTO_DATABASES:
-        # A database with its own key uses it through its cluster's identity (``identity`` here,
-        # see :func:`identity_of`).
-        kvp = properties.get("keyVaultProperties")
-        if not isinstance(kvp, dict) or not kvp.get("keyVaultUri") or not kvp.get("keyName"):
-            return None
-        base = str(kvp["keyVaultUri"]).rstrip("/")
-        vault, _ = vault_name_for_url(world, base)
-        user = kvp.get("userIdentity")
-        principal = uai_principal(world, identity, str(user)) if user else system_principal(identity)
-        return Binding(vault, str(kvp["keyName"]), kvp.get("keyVersion") or None, principal, base)
     if rtype == POSTGRES_CLUSTERS:
         # postgresqlhsc 2023-03-02-preview: dataEncryption.type AzureKeyVault | SystemAssigned.
         enc = properties.get("dataEncryption")
